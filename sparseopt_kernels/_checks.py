@@ -1,0 +1,210 @@
+"""Argument checks shared by every backend of every op.
+
+Each op validates all of its arguments before any tensor is modified, so bad input raises a
+clear exception naming the argument and leaves the caller's parameters and state untouched.
+The checks read only metadata (shapes, dtypes, devices) and Python scalars: they never
+synchronize with the device.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Iterable, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+MIRROR_FORMS = ("exp", "hypentropy")
+DIRECTIONS = ("grad", "adam")
+ORDERS = ("after", "before")
+
+
+def check_real(name: str, value, *, low: Optional[float] = None, high: Optional[float] = None,
+               low_open: bool = False, high_open: bool = True) -> float:
+    """A real Python number (bools rejected) within [low, high) by default; returns a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} ({value!r})")
+    value = float(value)
+    if value != value:
+        raise ValueError(f"{name} must not be NaN")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value}")
+    return value
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_mirror_args(alpha, beta, clamp, mirror, gamma) -> None:
+    check_real("alpha", alpha)
+    check_real("beta", beta)
+    if clamp is not None:
+        check_real("clamp", clamp, low=0.0, low_open=True, high=None)
+    check_choice("mirror", mirror, MIRROR_FORMS)
+    check_real("gamma", gamma, low=0.0, low_open=True, high=None)
+
+
+def check_lr(lr, lr_tensor: Optional[Tensor], device: Optional[torch.device]) -> None:
+    check_real("lr", lr, low=0.0, high=None)
+    if lr_tensor is not None:
+        _check_scalar_tensor("lr_tensor", lr_tensor, device)
+
+
+def _check_scalar_tensor(name: str, t, device: Optional[torch.device]) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor or None, got {type(t).__name__}")
+    if t.numel() != 1 or not t.dtype.is_floating_point:
+        raise ValueError(f"{name} must be a one-element floating-point tensor, "
+                         f"got shape {tuple(t.shape)} and dtype {t.dtype}")
+    if device is not None and t.device != device and t.device.type != "cpu":
+        raise ValueError(f"{name} is on {t.device} but the params are on {device}")
+
+
+def check_amp(grad_scale: Optional[Tensor], found_inf: Optional[Tensor],
+              device: Optional[torch.device]) -> None:
+    for name, t in (("grad_scale", grad_scale), ("found_inf", found_inf)):
+        if t is not None:
+            _check_scalar_tensor(name, t, device)
+            if device is not None and t.device != device:
+                raise ValueError(f"{name} must be on the params' device {device}, got {t.device}")
+
+
+def check_tensor_lists(params: List[Tensor], grads: List[Tensor],
+                       states: Iterable[tuple] = ()) -> Optional[torch.device]:
+    """params/grads and same-shaped state lists: lengths, dense, real, contiguous, one device.
+
+    ``states`` holds ``(name, tensors)`` pairs; a state list must hold float32 tensors or tensors
+    of the param's dtype. Returns the common device (None for empty lists).
+    """
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(f"params must be a list of tensors, got {type(params).__name__}")
+    n = len(params)
+    lists = [("grads", grads)] + list(states)
+    for name, lst in lists:
+        if not isinstance(lst, (list, tuple)):
+            raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
+        if len(lst) != n:
+            raise ValueError(f"{name} has {len(lst)} tensors but params has {n}")
+    if n == 0:
+        return None
+    device = params[0].device
+    dtype = params[0].dtype
+    for i, p in enumerate(params):
+        _check_dense(f"params[{i}]", p, device)
+        if p.dtype not in PARAM_DTYPES:
+            raise TypeError(f"params[{i}] has dtype {p.dtype}; expected one of "
+                            "float32, float64, bfloat16, float16")
+        if p.dtype != dtype:
+            raise TypeError(f"params[{i}] has dtype {p.dtype} but params[0] has {dtype}: "
+                            "call the op once per dtype")
+        g = grads[i]
+        _check_dense(f"grads[{i}]", g, device)
+        if g.dtype != p.dtype or g.shape != p.shape:
+            raise ValueError(f"grads[{i}] must match params[{i}] (shape {tuple(p.shape)}, "
+                             f"dtype {p.dtype}), got shape {tuple(g.shape)}, dtype {g.dtype}")
+        for name, lst in states:
+            s = lst[i]
+            _check_dense(f"{name}[{i}]", s, device)
+            if s.shape != p.shape:
+                raise ValueError(f"{name}[{i}] has shape {tuple(s.shape)}, expected "
+                                 f"{tuple(p.shape)} like params[{i}]")
+            if s.dtype not in (torch.float32, p.dtype):
+                raise TypeError(f"{name}[{i}] has dtype {s.dtype}; optimizer state must be "
+                                f"float32 or the param dtype {p.dtype}")
+    for name, lst in states:
+        if len({s.dtype for s in lst}) > 1:
+            raise TypeError(f"{name} mixes dtypes {sorted(str(s.dtype) for s in set(lst))}: "
+                            "all state tensors of one call must share a dtype")
+    state_dtypes = {lst[0].dtype for _, lst in states}
+    if len(state_dtypes) > 1:
+        raise TypeError(f"optimizer state lists mix dtypes {sorted(map(str, state_dtypes))}")
+    return device
+
+
+def _check_dense(name: str, t, device: torch.device) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} is a {t.layout} tensor; only dense (strided) tensors are "
+                        "supported")
+    if t.is_complex():
+        raise TypeError(f"{name} is complex ({t.dtype}); only real tensors are supported")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but params[0] is on {device}: "
+                         "call the op once per device")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} is not contiguous (strides {t.stride()}); "
+                         "call .contiguous() on it first")
+
+
+def check_steps(state_steps: List[Tensor], n: int, device: Optional[torch.device],
+                found_inf: Optional[Tensor]) -> None:
+    if len(state_steps) != n:
+        raise ValueError(f"state_steps has {len(state_steps)} tensors but params has {n}")
+    for i, s in enumerate(state_steps):
+        if not isinstance(s, Tensor):
+            raise TypeError(f"state_steps[{i}] must be a Tensor, got {type(s).__name__}")
+        if s.numel() != 1 or not s.dtype.is_floating_point:
+            raise ValueError(f"state_steps[{i}] must be a one-element floating-point tensor, "
+                             f"got shape {tuple(s.shape)} and dtype {s.dtype}")
+        if device is not None and s.device not in (device, torch.device("cpu")):
+            raise ValueError(f"state_steps[{i}] is on {s.device}; expected {device} or cpu")
+        if s.device != state_steps[0].device:
+            raise ValueError(f"state_steps[{i}] is on {s.device} but state_steps[0] is on "
+                             f"{state_steps[0].device}: keep all step counts on one device")
+        if (found_inf is not None and device is not None and device.type != "cpu"
+                and s.device != device):
+            raise ValueError(f"state_steps[{i}] is on the CPU but found_inf is on {device}: "
+                             "with AMP the step counts must live on the params' device so a "
+                             "skipped step needs no host synchronization")
+
+
+def check_sgd(params, grads, momentum_buffers, lr, lr_tensor, weight_decay, momentum,
+              dampening, nesterov, maximize, alpha, beta, clamp, mirror, gamma, grad_scale,
+              found_inf) -> None:
+    bufs = [("momentum_buffers", momentum_buffers)] if momentum != 0 else []
+    device = check_tensor_lists(params, grads, bufs)
+    if momentum == 0 and len(momentum_buffers) not in (0, len(params)):
+        raise ValueError("momentum_buffers must be empty or match params when momentum == 0")
+    check_lr(lr, lr_tensor, device)
+    check_real("weight_decay", weight_decay, low=0.0, high=None)
+    check_real("momentum", momentum, low=0.0, high=None)
+    check_real("dampening", dampening, high=None)
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("nesterov requires momentum > 0 and dampening == 0")
+    check_mirror_args(alpha, beta, clamp, mirror, gamma)
+    check_amp(grad_scale, found_inf, device)
+
+
+def check_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr,
+               lr_tensor, beta1, beta2, weight_decay, eps, amsgrad, alpha, beta, clamp, mirror,
+               gamma, direction, order, grad_scale, found_inf) -> None:
+    states = [("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)]
+    if amsgrad:
+        states.append(("max_exp_avg_sqs", max_exp_avg_sqs))
+    elif len(max_exp_avg_sqs) not in (0, len(params)):
+        raise ValueError("max_exp_avg_sqs must be empty or match params when amsgrad is False")
+    device = check_tensor_lists(params, grads, states)
+    check_steps(state_steps, len(params), device, found_inf)
+    check_lr(lr, lr_tensor, device)
+    check_real("beta1", beta1, low=0.0, high=1.0)
+    check_real("beta2", beta2, low=0.0, high=1.0)
+    check_real("weight_decay", weight_decay, low=0.0, high=None)
+    check_real("eps", eps, low=0.0, high=None)
+    check_mirror_args(alpha, beta, clamp, mirror, gamma)
+    check_choice("direction", direction, DIRECTIONS)
+    check_choice("order", order, ORDERS)
+    check_amp(grad_scale, found_inf, device)
+
+
+def check_mirror_step(params, grads, lr, lr_tensor, alpha, beta, clamp, mirror, gamma,
+                      grad_scale, found_inf) -> None:
+    device = check_tensor_lists(params, grads)
+    check_lr(lr, lr_tensor, device)
+    check_mirror_args(alpha, beta, clamp, mirror, gamma)
+    check_amp(grad_scale, found_inf, device)

@@ -1,0 +1,98 @@
+"""Op schemas of the ``sparseopt`` namespace, their fake kernels and default kernels.
+
+Every op is defined once here. The pure-PyTorch reference is registered as the default kernel
+(CompositeExplicitAutograd, so it serves any device); ``backends/`` override it on CPU and CUDA.
+The fake kernels validate arguments so that ``torch.compile`` reports bad input at trace time.
+
+The optimizer ops are in-place and multi-tensor, modelled on aten's ``_fused_adam_``: one call
+per parameter group, dtype and device; ``lr_tensor``, ``grad_scale`` and ``found_inf`` are
+one-element device tensors read by the kernel so a step needs no host synchronization.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _checks
+from .reference import mirror as _ref
+
+_lib = torch.library.Library("sparseopt", "DEF")  # noqa: TOR901 - the namespace is ours
+
+_MIRROR_ARGS = ('float alpha=0., float beta=0., float? clamp=None, str mirror="exp", '
+                'float gamma=1.')
+_AMP_ARGS = "Tensor? grad_scale=None, Tensor? found_inf=None"
+
+SCHEMAS = {
+    "ham_sgd_": (
+        "ham_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, *, "
+        "float lr, Tensor? lr_tensor=None, float weight_decay=0., float momentum=0., "
+        "float dampening=0., bool nesterov=False, bool maximize=False, "
+        f"bool is_first_step=False, {_MIRROR_ARGS}, {_AMP_ARGS}) -> ()"),
+    "ham_adam_": (
+        "ham_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
+        "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, *, "
+        "float lr, Tensor? lr_tensor=None, float beta1=0.9, float beta2=0.999, "
+        "float weight_decay=0., float eps=1e-8, bool amsgrad=False, bool maximize=False, "
+        f"bool decoupled_weight_decay=False, {_MIRROR_ARGS}, str direction=\"grad\", "
+        f"str order=\"after\", {_AMP_ARGS}) -> ()"),
+    "mirror_step_": (
+        "mirror_step_(Tensor(a!)[] params, Tensor[] grads, *, float lr, "
+        f"Tensor? lr_tensor=None, {_MIRROR_ARGS}, bool maximize=False, {_AMP_ARGS}) -> ()"),
+}
+
+for _schema in SCHEMAS.values():
+    _lib.define(_schema)
+
+
+# --- validation shared by every kernel of an op (called first, before anything is modified) ---
+
+def validate_ham_sgd_(params, grads, momentum_buffers, *, lr, lr_tensor=None, weight_decay=0.0,
+                      momentum=0.0, dampening=0.0, nesterov=False, maximize=False,
+                      is_first_step=False, alpha=0.0, beta=0.0, clamp=None, mirror="exp",
+                      gamma=1.0, grad_scale=None, found_inf=None):
+    _checks.check_sgd(params, grads, momentum_buffers, lr, lr_tensor, weight_decay, momentum,
+                      dampening, nesterov, maximize, alpha, beta, clamp, mirror, gamma,
+                      grad_scale, found_inf)
+
+
+def validate_ham_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
+                       lr, lr_tensor=None, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
+                       amsgrad=False, maximize=False, decoupled_weight_decay=False, alpha=0.0,
+                       beta=0.0, clamp=None, mirror="exp", gamma=1.0, direction="grad",
+                       order="after", grad_scale=None, found_inf=None):
+    _checks.check_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr,
+                       lr_tensor, beta1, beta2, weight_decay, eps, amsgrad, alpha, beta, clamp,
+                       mirror, gamma, direction, order, grad_scale, found_inf)
+
+
+def validate_mirror_step_(params, grads, *, lr, lr_tensor=None, alpha=0.0, beta=0.0, clamp=None,
+                          mirror="exp", gamma=1.0, maximize=False, grad_scale=None,
+                          found_inf=None):
+    _checks.check_mirror_step(params, grads, lr, lr_tensor, alpha, beta, clamp, mirror, gamma,
+                              grad_scale, found_inf)
+
+
+VALIDATORS = {
+    "ham_sgd_": validate_ham_sgd_,
+    "ham_adam_": validate_ham_adam_,
+    "mirror_step_": validate_mirror_step_,
+}
+
+
+def validated(name, kernel):
+    """``kernel`` preceded by the op's argument checks."""
+    check = VALIDATORS[name]
+
+    def run(*args, **kwargs):
+        check(*args, **kwargs)
+        kernel(*args, **kwargs)
+
+    run.__name__ = f"{name}{getattr(kernel, '__name__', 'kernel')}"
+    return run
+
+
+for _name in SCHEMAS:
+    _lib.impl(_name, validated(_name, getattr(_ref, _name)), "CompositeExplicitAutograd")
+    torch.library.register_fake(f"sparseopt::{_name}", lib=_lib)(
+        validated(_name, lambda *args, **kwargs: None))
+
+OPS = tuple(SCHEMAS)

@@ -1,0 +1,169 @@
+"""Backend selection and the CPU/CUDA kernels of the ``sparseopt`` ops.
+
+The reference is every op's default kernel (``_ops.py``). Here one kernel per op is registered
+for the CPU and the CUDA dispatch keys; it validates the arguments, picks a backend and runs it:
+
+==========  =====================================  =========================================
+device      auto                                   can be forced with SPARSEOPT_BACKEND
+==========  =====================================  =========================================
+CPU         cpp (``_C``), else reference           cpp, reference, triton (TRITON_INTERPRET=1)
+CUDA        cuda (``_C`` CUDA), else triton,       cuda, triton, reference
+            else reference (with a warning)
+==========  =====================================  =========================================
+
+float64 params run on cpp or reference only. A forced backend that cannot serve an input raises
+:class:`BackendUnavailable` saying why; it never falls back silently.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import warnings
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from .. import _native, _ops
+from ..reference import mirror as _reference_mirror
+
+BACKENDS = ("auto", "cuda", "triton", "cpp", "reference")
+ENV_VAR = "SPARSEOPT_BACKEND"
+
+
+class BackendUnavailable(RuntimeError):
+    """A forced backend cannot serve this input (the message says why)."""
+
+
+def requested_backend() -> str:
+    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}={value!r} is not one of {', '.join(BACKENDS)}")
+    return value
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def unavailable(backend: str, device_type: str, dtype: Optional[torch.dtype] = None
+                ) -> Optional[str]:
+    """Why ``backend`` cannot serve tensors of ``dtype`` on ``device_type`` (None if it can)."""
+    if backend == "reference":
+        return None
+    if backend == "cpp":
+        if device_type != "cpu":
+            return f"the cpp backend runs on CPU tensors only, got {device_type} tensors"
+        if _native.native() is None:
+            return _native.unavailable_reason()
+        return None
+    if backend == "cuda":
+        if device_type != "cuda":
+            return f"the cuda backend runs on CUDA tensors only, got {device_type} tensors"
+        module = _native.native()
+        if module is None:
+            return _native.unavailable_reason()
+        if not hasattr(module, "ham_adam_cuda"):
+            return ("sparseopt_kernels._C was built without CUDA kernels (CPU-only torch or "
+                    "no nvcc at build time)")
+        if dtype == torch.float64:
+            return "the cuda backend does not support float64 params (use reference)"
+        return None
+    if backend == "triton":
+        if not _triton_installed():
+            return "triton is not installed (pip install triton)"
+        if device_type == "cpu" and not triton_interpreted():
+            return "Triton runs on CPU tensors only under TRITON_INTERPRET=1"
+        if device_type not in ("cpu", "cuda"):
+            return f"the triton backend does not run on {device_type} tensors"
+        if dtype == torch.float64:
+            return "the triton backend does not support float64 params (use cpp or reference)"
+        return None
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+_AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
+
+
+def select(device_type: str, dtype: Optional[torch.dtype] = None) -> str:
+    """The concrete backend that serves tensors of ``dtype`` on ``device_type`` now."""
+    wanted = requested_backend()
+    if wanted != "auto":
+        reason = unavailable(wanted, device_type, dtype)
+        if reason is not None:
+            raise BackendUnavailable(f"{ENV_VAR}={wanted} cannot run this op: {reason}")
+        return wanted
+    for backend in _AUTO_ORDER.get(device_type, ("reference",)):
+        if unavailable(backend, device_type, dtype) is None:
+            return backend
+    return "reference"
+
+
+def _implementations(backend: str):
+    if backend == "reference":
+        return _reference_mirror
+    if backend == "cpp":
+        from . import cpu
+        return cpu
+    if backend == "cuda":
+        from . import cuda
+        return cuda
+    if backend == "triton":
+        from ..triton import mirror_step
+        return mirror_step
+    raise ValueError(backend)
+
+
+_warned_slow_cuda = False
+
+
+def _warn_reference_on_cuda(op: str) -> None:
+    global _warned_slow_cuda
+    if not _warned_slow_cuda and requested_backend() == "auto":
+        _warned_slow_cuda = True
+        warnings.warn(f"sparseopt::{op} runs the slow PyTorch reference on CUDA tensors "
+                      "(no CUDA kernels in _C and no triton); see `python -m sparseopt_kernels`",
+                      RuntimeWarning, stacklevel=4)
+
+
+def _kernel(op: str) -> Callable:
+    validate = _ops.VALIDATORS[op]
+
+    def run(*args, **kwargs):
+        validate(*args, **kwargs)
+        params: List[torch.Tensor] = args[0]
+        if len(params) == 0:
+            return
+        device_type = params[0].device.type
+        backend = select(device_type, params[0].dtype)
+        if backend == "reference" and device_type == "cuda":
+            _warn_reference_on_cuda(op)
+        getattr(_implementations(backend), op)(*args, **kwargs)
+
+    run.__name__ = f"{op}dispatch"
+    return run
+
+
+KERNELS: Dict[str, Callable] = {op: _kernel(op) for op in _ops.OPS}
+
+for _op, _fn in KERNELS.items():
+    for _key in ("CPU", "CUDA"):
+        _ops._lib.impl(_op, _fn, _key)
+
+
+def describe() -> Dict[str, Dict[str, str]]:
+    """For each op and device, the backend ``auto`` (or the forced one) picks, or why none."""
+    table: Dict[str, Dict[str, str]] = {}
+    for op in _ops.OPS:
+        table[op] = {}
+        for device_type in ("cpu", "cuda"):
+            try:
+                table[op][device_type] = select(device_type, torch.float32)
+            except BackendUnavailable as exc:
+                table[op][device_type] = f"unavailable: {exc}"
+    return table

@@ -1,0 +1,136 @@
+r"""Stateless multi-tensor API: what other training stacks call with plain tensor lists.
+
+Each function takes lists of tensors (params, grads, optimizer state), splits them by device and
+dtype, checks every split before running any (so bad input modifies nothing), and runs one
+``torch.ops.sparseopt`` call per split. ``lr`` may be a float or a one-element tensor (a device
+tensor keeps the step free of host synchronizations, e.g. for CUDA graphs); ``grad_scale`` and
+``found_inf`` are the AMP scalars (see :class:`torch.amp.GradScaler`).
+
+Update rules: see :mod:`sparseopt_kernels.reference.mirror` (ALGORITHMS.md §1–2)::
+
+    ham_sgd:     θ ← mirror(SGD(θ, g, b), g)
+    ham_adam:    θ ← mirror(Adam/AdamW(θ, g, m, v), d)        d = g or Adam's direction u
+    mirror_step: θ ← θ'·exp(clamp(−η(α·sign(θ')·g + β), −c, c))   (θ' = params as given)
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from . import _ops
+
+LR = Union[float, Tensor]
+
+
+def _split_lr(lr: LR) -> Tuple[float, Optional[Tensor]]:
+    if isinstance(lr, Tensor):
+        return 0.0, lr
+    return lr, None
+
+
+def _on(t: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
+    if t is None or t.device == device:
+        return t
+    return t.to(device, non_blocking=True)
+
+
+def _run_grouped(op: str, lists: Sequence[List[Tensor]], optional: Sequence[bool],
+                 kwargs: Dict) -> None:
+    """Run ``op`` once per (device, dtype) of ``lists[0]`` (the params).
+
+    ``optional[i]`` marks a list that may be empty (e.g. max_exp_avg_sqs without amsgrad).
+    """
+    params = lists[0]
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(f"params must be a list of tensors, got {type(params).__name__}")
+    for lst in lists[1:]:
+        if not isinstance(lst, (list, tuple)):
+            raise TypeError(f"expected lists of tensors, got {type(lst).__name__}")
+    groups: "OrderedDict[tuple, List[int]]" = OrderedDict()
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"params[{i}] must be a Tensor, got {type(p).__name__}")
+        groups.setdefault((p.device, p.dtype), []).append(i)
+    if not groups:
+        return
+    calls = []
+    for (device, _dtype), idx in groups.items():
+        args = []
+        for lst, may_be_empty in zip(lists, optional):
+            if may_be_empty and len(lst) == 0:
+                args.append([])
+            elif len(lst) != len(params):
+                # the op's own check names the list; give it an unsplit view to do so
+                args.append(list(lst))
+            else:
+                args.append([lst[i] for i in idx])
+        kw = dict(kwargs)
+        kw["grad_scale"] = _on(kw.get("grad_scale"), device)
+        kw["found_inf"] = _on(kw.get("found_inf"), device)
+        _ops.VALIDATORS[op](*args, **kw)
+        calls.append((args, kw))
+    fn = getattr(torch.ops.sparseopt, op)
+    for args, kw in calls:
+        fn(*args, **kw)
+
+
+def ham_sgd(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[Tensor], *,
+            lr: LR, weight_decay: float = 0.0, momentum: float = 0.0, dampening: float = 0.0,
+            nesterov: bool = False, maximize: bool = False, is_first_step: bool = False,
+            alpha: float = 200.0, beta: float = 1e-3, clamp: Optional[float] = 5.0,
+            mirror: str = "exp", gamma: float = 1.0, grad_scale: Optional[Tensor] = None,
+            found_inf: Optional[Tensor] = None) -> None:
+    """SGD (torch.optim.SGD's rule) fused with the mirror step, in place.
+
+    ``is_first_step`` initializes the momentum buffers to the gradient (as torch.optim.SGD does
+    when a buffer does not exist yet). ``momentum_buffers`` may be empty when momentum is 0.
+    """
+    lr_f, lr_t = _split_lr(lr)
+    _run_grouped("ham_sgd_", [params, grads, momentum_buffers], [False, False, momentum == 0],
+                 dict(lr=lr_f, lr_tensor=lr_t, weight_decay=weight_decay, momentum=momentum,
+                      dampening=dampening, nesterov=nesterov, maximize=maximize,
+                      is_first_step=is_first_step, alpha=alpha, beta=beta, clamp=clamp,
+                      mirror=mirror, gamma=gamma, grad_scale=grad_scale, found_inf=found_inf))
+
+
+def ham_adam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
+             exp_avg_sqs: List[Tensor], max_exp_avg_sqs: List[Tensor],
+             state_steps: List[Tensor], *, lr: LR, beta1: float = 0.9, beta2: float = 0.999,
+             weight_decay: float = 0.0, eps: float = 1e-8, amsgrad: bool = False,
+             maximize: bool = False, decoupled_weight_decay: bool = False,
+             alpha: float = 200.0, beta: float = 1e-3, clamp: Optional[float] = 5.0,
+             mirror: str = "exp", gamma: float = 1.0, direction: str = "grad",
+             order: str = "after", grad_scale: Optional[Tensor] = None,
+             found_inf: Optional[Tensor] = None) -> None:
+    """Adam (or AdamW with ``decoupled_weight_decay``) fused with the mirror step, in place.
+
+    ``state_steps`` are one-element float tensors, incremented by the call (unless
+    ``found_inf``). ``direction="adam"`` with ``decoupled_weight_decay=True`` is HORST.
+    """
+    lr_f, lr_t = _split_lr(lr)
+    _run_grouped("ham_adam_",
+                 [params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps],
+                 [False, False, False, False, not amsgrad, False],
+                 dict(lr=lr_f, lr_tensor=lr_t, beta1=beta1, beta2=beta2,
+                      weight_decay=weight_decay, eps=eps, amsgrad=amsgrad, maximize=maximize,
+                      decoupled_weight_decay=decoupled_weight_decay, alpha=alpha, beta=beta,
+                      clamp=clamp, mirror=mirror, gamma=gamma, direction=direction, order=order,
+                      grad_scale=grad_scale, found_inf=found_inf))
+
+
+def mirror_step(params: List[Tensor], grads: List[Tensor], *, lr: LR, alpha: float = 200.0,
+                beta: float = 1e-3, clamp: Optional[float] = 5.0, mirror: str = "exp",
+                gamma: float = 1.0, maximize: bool = False,
+                grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+    """The standalone mirror step on params that already took a base step (θ' → θ), in place."""
+    lr_f, lr_t = _split_lr(lr)
+    _run_grouped("mirror_step_", [params, grads], [False, False],
+                 dict(lr=lr_f, lr_tensor=lr_t, alpha=alpha, beta=beta, clamp=clamp,
+                      mirror=mirror, gamma=gamma, maximize=maximize, grad_scale=grad_scale,
+                      found_inf=found_inf))
+
+
+__all__ = ["ham_sgd", "ham_adam", "mirror_step"]

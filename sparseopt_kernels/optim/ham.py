@@ -1,0 +1,325 @@
+r"""HAM: the hyperbolic mirror step after any optimizer step, as a drop-in wrapper.
+
+After the base optimizer's step ``θ' = BaseStep(θ, g)`` every selected tensor takes
+(ALGORITHMS.md §1)::
+
+    θ ← θ' · exp(clamp(−η·(α·sign(θ')·g + β), −c, c))
+
+with ``η`` the group's learning rate at this step, ``g`` the raw gradient (negated when the base
+maximizes). For ``torch.optim.SGD``, ``Adam`` and ``AdamW`` both steps run in one fused kernel that
+uses the base optimizer's own hyperparameters and state, so the state and ``state_dict`` keep the
+base's format (plus a ``"ham"`` entry with HAM's settings) and HAM can be switched on or off for
+an existing checkpoint. Any other optimizer, or options the fused kernel does not cover
+(``differentiable``, sparse or complex gradients, non-contiguous tensors, tensor betas, a
+subclass of the base classes), runs ``optimizer.step()`` and then the standalone mirror op.
+With ``alpha=0, beta=0`` the base optimizer is reproduced exactly.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.optim import SGD, Adam, AdamW, Optimizer
+
+from .. import _checks
+from .. import functional as F
+
+ApplyTo = Callable[[Tensor], bool]
+
+
+def default_apply_to(p: Tensor) -> bool:
+    """Conv/linear weights, embeddings and heads; biases and norm parameters are skipped."""
+    return p.ndim >= 2
+
+
+def init_hooks(opt: Optimizer) -> None:
+    """The hook tables that ``Optimizer.__init__`` creates, for a wrapper that shares its
+    param_groups and state with the optimizer it wraps (so it cannot call that __init__)."""
+    for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
+                 "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
+                 "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"):
+        setattr(opt, name, OrderedDict())
+    opt._patch_step_function()
+    opt._warned_capturable_if_run_uncaptured = True
+
+
+def _fusable_tensor(t: Optional[Tensor]) -> bool:
+    return (t is None or (t.layout == torch.strided and not t.is_complex()
+                          and t.is_contiguous() and t.dtype in _checks.PARAM_DTYPES
+                          and t.device.type in ("cpu", "cuda")))
+
+
+def _scalar_dtype(fused: bool) -> torch.dtype:
+    # torch.optim's choice for the step counter (optimizer._get_scalar_dtype)
+    if not fused and torch.get_default_dtype() == torch.float64:
+        return torch.float64
+    return torch.float32
+
+
+class HAM(Optimizer):
+    """Wrap ``optimizer`` so each step is followed by the hyperbolic mirror step.
+
+    Args:
+        optimizer: the base optimizer (its param_groups, state and hyperparameters are used).
+        alpha: α, the strength of the sign-gradient term (≈200 for SGD at lr≈0.1; about 100×
+            larger for Adam at lr≈1e-3, because the step uses the raw gradient).
+        beta: β, the multiplicative decay; multiplied by the learning rate.
+        clamp: c, bound on the exponent (None disables it).
+        apply_to: predicate choosing the tensors that take the mirror step
+            (default: ``p.ndim >= 2``).
+        mirror: ``"exp"`` (HAM) or ``"hypentropy"`` (scale ``gamma``).
+        max_weight_norm: optional per-tensor weight-norm clip applied to every parameter after
+            the step (the authors' wrapper uses 1000); off by default.
+    """
+
+    def __init__(self, optimizer: Optimizer, alpha: float = 200.0, beta: float = 1e-3,
+                 clamp: Optional[float] = 5.0, apply_to: Optional[ApplyTo] = None,
+                 mirror: str = "exp", gamma: float = 1.0,
+                 max_weight_norm: Optional[float] = None) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        if isinstance(optimizer, HAM):
+            raise TypeError("optimizer is already wrapped by HAM")
+        if apply_to is not None and not callable(apply_to):
+            raise TypeError(f"apply_to must be a callable predicate on a parameter, got "
+                            f"{type(apply_to).__name__}")
+        self.__dict__["optimizer"] = optimizer
+        self._set_settings(dict(alpha=alpha, beta=beta, clamp=clamp, mirror=mirror,
+                                gamma=gamma, max_weight_norm=max_weight_norm))
+        self.apply_to: ApplyTo = apply_to or default_apply_to
+        init_hooks(self)
+
+    # --- the base optimizer's attributes are HAM's ---------------------------------------------
+    @property
+    def param_groups(self) -> List[Dict]:
+        return self.optimizer.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value) -> None:
+        self.optimizer.param_groups = value
+
+    @property
+    def state(self):
+        return self.optimizer.state
+
+    @state.setter
+    def state(self, value) -> None:
+        self.optimizer.state = value
+
+    @property
+    def defaults(self) -> Dict:
+        return self.optimizer.defaults
+
+    @defaults.setter
+    def defaults(self, value) -> None:
+        self.optimizer.defaults = value
+
+    def add_param_group(self, param_group: Dict) -> None:
+        self.optimizer.add_param_group(param_group)
+
+    def __getstate__(self):
+        return self.__dict__.copy()
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        s = self.settings()
+        args = ", ".join(f"{k}={v!r}" for k, v in s.items())
+        return f"HAM({args},\n{self.optimizer!r})"
+
+    # --- settings ---------------------------------------------------------------------------
+    def _set_settings(self, s: Dict) -> None:
+        _checks.check_mirror_args(s["alpha"], s["beta"], s["clamp"], s["mirror"], s["gamma"])
+        if s.get("max_weight_norm") is not None:
+            _checks.check_real("max_weight_norm", s["max_weight_norm"], low=0.0, low_open=True,
+                               high=None)
+        self.alpha = float(s["alpha"])
+        self.beta = float(s["beta"])
+        self.clamp = None if s["clamp"] is None else float(s["clamp"])
+        self.mirror = s["mirror"]
+        self.gamma = float(s["gamma"])
+        self.max_weight_norm = s.get("max_weight_norm")
+
+    def settings(self) -> Dict:
+        return dict(alpha=self.alpha, beta=self.beta, clamp=self.clamp, mirror=self.mirror,
+                    gamma=self.gamma, max_weight_norm=self.max_weight_norm)
+
+    def state_dict(self) -> Dict:
+        sd = self.optimizer.state_dict()
+        sd["ham"] = self.settings()
+        return sd
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        state_dict = dict(state_dict)
+        settings = state_dict.pop("ham", None)
+        if settings is not None:
+            merged = {**self.settings(), **settings}
+            _checks.check_mirror_args(merged["alpha"], merged["beta"], merged["clamp"],
+                                      merged["mirror"], merged["gamma"])
+        self.optimizer.load_state_dict(state_dict)
+        if settings is not None:
+            self._set_settings(merged)
+
+    # --- which path ------------------------------------------------------------------------
+    def fused_kind(self) -> Optional[str]:
+        """``"sgd"``, ``"adam"`` or ``"adamw"`` when every group can take the fused kernel."""
+        kind = {SGD: "sgd", Adam: "adam", AdamW: "adamw"}.get(type(self.optimizer))
+        if kind is None:
+            return None
+        for group in self.param_groups:
+            if group.get("differentiable", False):
+                return None
+            if kind != "sgd" and any(isinstance(b, Tensor) for b in group["betas"]):
+                return None
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not (_fusable_tensor(p) and _fusable_tensor(p.grad)
+                        and p.grad.dtype == p.dtype):
+                    return None
+                state = self.state.get(p)
+                if state and not all(_fusable_tensor(v) for k, v in state.items()
+                                     if k != "step" and isinstance(v, Tensor)):
+                    return None
+        return kind
+
+    @property
+    def _step_supports_amp_scaling(self) -> bool:  # read by torch.amp.GradScaler
+        return self.fused_kind() is not None
+
+    # --- the step ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None):
+        kind = self.fused_kind()
+        if kind is None:
+            loss = self.optimizer.step(closure)
+            self._mirror_after_base_step()
+            self._clip_weight_norms(None)
+            return loss
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for group in self.param_groups:
+            if kind == "sgd":
+                self._sgd_group(group, grad_scale, found_inf)
+            else:
+                self._adam_group(group, kind == "adamw", grad_scale, found_inf)
+        self._clip_weight_norms(found_inf)
+        return loss
+
+    def _mirror_kwargs(self, mirrored: bool) -> Dict:
+        return dict(alpha=self.alpha if mirrored else 0.0, beta=self.beta if mirrored else 0.0,
+                    clamp=self.clamp, mirror=self.mirror, gamma=self.gamma)
+
+    def _buckets(self, group: Dict, extra_key: Callable[[Tensor], object] = lambda p: None
+                 ) -> Dict[Tuple, List[Tensor]]:
+        """Params with a gradient, split by (mirrored?, extra key); the op splits by dtype."""
+        buckets: Dict[Tuple, List[Tensor]] = {}
+        for p in group["params"]:
+            if p.grad is not None:
+                buckets.setdefault((bool(self.apply_to(p)), extra_key(p)), []).append(p)
+        return buckets
+
+    def _sgd_group(self, group: Dict, grad_scale, found_inf) -> None:
+        momentum = group["momentum"]
+
+        def first_step(p: Tensor) -> bool:
+            return momentum != 0 and self.state[p].get("momentum_buffer") is None
+
+        for (mirrored, is_first), params in self._buckets(group, first_step).items():
+            bufs: List[Tensor] = []
+            if momentum != 0:
+                for p in params:
+                    if is_first:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format)
+                    bufs.append(self.state[p]["momentum_buffer"])
+            F.ham_sgd(params, [p.grad for p in params], bufs, lr=group["lr"],
+                      weight_decay=group["weight_decay"], momentum=momentum,
+                      dampening=group["dampening"], nesterov=group["nesterov"],
+                      maximize=group.get("maximize", False), is_first_step=is_first,
+                      grad_scale=grad_scale, found_inf=found_inf,
+                      **self._mirror_kwargs(mirrored))
+
+    def _adam_group(self, group: Dict, adamw: bool, grad_scale, found_inf) -> None:
+        amsgrad = group["amsgrad"]
+        keep_step_on_device = group.get("capturable", False) or group.get("fused", False)
+        beta1, beta2 = group["betas"]
+        for (mirrored, _), params in self._buckets(group).items():
+            exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], []
+            for p in params:
+                state = self.state[p]
+                if len(state) == 0:  # as torch.optim.Adam._init_group does
+                    on_device = keep_step_on_device or p.device.type != "cpu"
+                    state["step"] = torch.zeros(
+                        (), dtype=_scalar_dtype(group.get("fused") or False),
+                        device=p.device if on_device else "cpu")
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p,
+                                                           memory_format=torch.preserve_format)
+                    if amsgrad:
+                        state["max_exp_avg_sq"] = torch.zeros_like(
+                            p, memory_format=torch.preserve_format)
+                elif p.device.type != "cpu" and state["step"].device != p.device:
+                    # A CPU step counter (non-capturable torch.optim.Adam) would need a host
+                    # sync under AMP; the fused kernels read it on the device, as torch's do.
+                    state["step"] = state["step"].to(p.device, torch.float32)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                if amsgrad:
+                    max_sqs.append(state["max_exp_avg_sq"])
+                steps.append(state["step"])
+            F.ham_adam(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, max_sqs, steps,
+                       lr=group["lr"], beta1=beta1, beta2=beta2,
+                       weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=amsgrad,
+                       maximize=group.get("maximize", False),
+                       decoupled_weight_decay=adamw or group.get("decoupled_weight_decay", False),
+                       direction="grad", order="after", grad_scale=grad_scale,
+                       found_inf=found_inf, **self._mirror_kwargs(mirrored))
+
+    def _mirror_after_base_step(self) -> None:
+        """Fallback path: the base optimizer has stepped; apply the standalone mirror op."""
+        if self.alpha == 0.0 and self.beta == 0.0:
+            return
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None and self.apply_to(p)]
+            for i, p in enumerate(params):
+                if p.grad.is_sparse or p.is_complex():
+                    raise TypeError(f"HAM's mirror step needs dense real gradients; "
+                                    f"param {i} of a group has a {p.grad.layout} {p.dtype} one")
+            contiguous = [p for p in params if p.is_contiguous() and p.grad.is_contiguous()]
+            if contiguous:
+                F.mirror_step(contiguous, [p.grad for p in contiguous], lr=group["lr"],
+                              maximize=group.get("maximize", False),
+                              **self._mirror_kwargs(True))
+            for p in params:
+                if not (p.is_contiguous() and p.grad.is_contiguous()):
+                    dense = p.contiguous()
+                    F.mirror_step([dense], [p.grad.contiguous()], lr=group["lr"],
+                                  maximize=group.get("maximize", False),
+                                  **self._mirror_kwargs(True))
+                    p.copy_(dense)
+
+    def _clip_weight_norms(self, found_inf: Optional[Tensor]) -> None:
+        if self.max_weight_norm is None:
+            return
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            norms = torch._foreach_norm(params)
+            factors = [torch.clamp(self.max_weight_norm / (n + 1e-12), max=1.0) for n in norms]
+            if found_inf is not None:
+                factors = [torch.where(found_inf.to(f.device) != 0, torch.ones_like(f), f)
+                           for f in factors]
+            torch._foreach_mul_(params, [f.to(p.dtype) for f, p in zip(factors, params)])
+
+
+__all__ = ["HAM", "default_apply_to"]

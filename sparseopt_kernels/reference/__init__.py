@@ -1,0 +1,1 @@
+"""Pure-PyTorch references: the numerical specification and the fallback of every op."""
