@@ -28,7 +28,8 @@ def _extensions():
 
     sources = sorted(glob.glob("csrc/torch/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     define_macros = [("SPARSEOPT_TORCH_VERSION", f'"{torch.__version__}"')]
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-Wall"]
+    # No -std flag: torch's build helper picks the standard its headers need (C++17/C++20).
+    cxx_flags = ["-O3", "-fopenmp", "-Wall"]
     extra = {"cxx": cxx_flags}
     extension = cpp_extension.CppExtension
 
@@ -43,7 +44,7 @@ def _extensions():
         define_macros += [("SPARSEOPT_WITH_CUDA", None),
                           ("SPARSEOPT_CUDA_VERSION", f'"{torch.version.cuda}"'),
                           ("SPARSEOPT_CUDA_ARCHS", f'"{";".join(archs)}"')]
-        extra["nvcc"] = ["-O3", "-std=c++17", "-lineinfo"] + gencode
+        extra["nvcc"] = ["-O3", "-lineinfo"] + gencode
         extension = cpp_extension.CUDAExtension
 
     ext = extension(

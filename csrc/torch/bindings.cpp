@@ -83,8 +83,8 @@ MirrorConfig mirror_config(double alpha, double beta, c10::optional<double> clam
   return m;
 }
 
-const void* const* as_const(const std::vector<void*>& v) {
-  return const_cast<const void* const*>(v.empty() ? nullptr : v.data());
+const void* const* const_ptrs(const std::vector<void*>& v) {
+  return v.empty() ? nullptr : v.data();
 }
 void* const* or_null(const std::vector<void*>& v) { return v.empty() ? nullptr : v.data(); }
 
@@ -115,7 +115,7 @@ void ham_sgd_cpu(TensorList params, TensorList grads, TensorList momentum_buffer
   TORCH_CHECK(momentum == 0.0 || !b.empty(), "sparseopt: momentum_buffers are required");
   cpu::ham_sgd_cpu(cfg, inv_grad_scale, to_scalar_type(params[0]),
                    state_type_of(params, momentum != 0.0 ? momentum_buffers : TensorList{}),
-                   static_cast<int64_t>(n), p.data(), as_const(g), or_null(b), numels.data());
+                   static_cast<int64_t>(n), p.data(), const_ptrs(g), or_null(b), numels.data());
 }
 
 void ham_adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
@@ -153,7 +153,7 @@ void ham_adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
   auto numels = numels_of(params);
   cpu::ham_adam_cpu(cfg, inv_grad_scale, to_scalar_type(params[0]),
                     state_type_of(params, exp_avgs), static_cast<int64_t>(n), p.data(),
-                    as_const(g), m.data(), v.data(), or_null(vmax), steps.data(), numels.data());
+                    const_ptrs(g), m.data(), v.data(), or_null(vmax), steps.data(), numels.data());
 }
 
 void mirror_step_cpu(TensorList params, TensorList grads, double lr, double alpha, double beta,
@@ -169,7 +169,7 @@ void mirror_step_cpu(TensorList params, TensorList grads, double lr, double alph
   auto g = pointers(grads, "grads", n);
   auto numels = numels_of(params);
   cpu::mirror_step_cpu(cfg, inv_grad_scale, to_scalar_type(params[0]),
-                       static_cast<int64_t>(n), p.data(), as_const(g), numels.data());
+                       static_cast<int64_t>(n), p.data(), const_ptrs(g), numels.data());
 }
 
 #ifdef SPARSEOPT_WITH_CUDA
@@ -228,7 +228,7 @@ void ham_sgd_cuda(TensorList params, TensorList grads, TensorList momentum_buffe
   check_cuda(cuda::ham_sgd_cuda(
       cfg, device_scalars(lr_tensor, grad_scale, found_inf), to_scalar_type(params[0]),
       state_type_of(params, momentum != 0.0 ? momentum_buffers : TensorList{}),
-      static_cast<int64_t>(n), p.data(), as_const(g), or_null(b), numels.data(),
+      static_cast<int64_t>(n), p.data(), const_ptrs(g), or_null(b), numels.data(),
       current_stream(params[0])));
 }
 
@@ -280,7 +280,7 @@ void ham_adam_cuda(TensorList params, TensorList grads, TensorList exp_avgs,
   auto numels = numels_of(params);
   check_cuda(cuda::ham_adam_cuda(
       cfg, device_scalars(lr_tensor, grad_scale, found_inf), steps, to_scalar_type(params[0]),
-      state_type_of(params, exp_avgs), static_cast<int64_t>(n), p.data(), as_const(g),
+      state_type_of(params, exp_avgs), static_cast<int64_t>(n), p.data(), const_ptrs(g),
       m.data(), v.data(), or_null(vmax), numels.data(), current_stream(params[0])));
 }
 
@@ -301,7 +301,7 @@ void mirror_step_cuda(TensorList params, TensorList grads, double lr,
   auto numels = numels_of(params);
   check_cuda(cuda::mirror_step_cuda(cfg, device_scalars(lr_tensor, grad_scale, found_inf),
                                     to_scalar_type(params[0]), static_cast<int64_t>(n),
-                                    p.data(), as_const(g), numels.data(),
+                                    p.data(), const_ptrs(g), numels.data(),
                                     current_stream(params[0])));
 }
 #endif  // SPARSEOPT_WITH_CUDA
