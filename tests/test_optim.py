@@ -272,3 +272,17 @@ def test_hypentropy_moves_zero_weights_exp_does_not():
         ref.mirror_step_([q], [torch.ones(3, 3)], lr=0.1, alpha=1.0, beta=0.0, mirror=mirror,
                          clamp=None)
         assert bool(q.ne(0).all()) is moves
+
+
+def test_larger_alpha_gives_interpolators_of_smaller_l1_norm():
+    """ALGORITHMS.md §1: the implicit bias moves from L2 towards L1 as α grows."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parents[1] / "python" / "examples" / "ham_least_squares.py"
+    spec = importlib.util.spec_from_file_location("ham_least_squares", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    results = [example.solve(alpha, steps=3000) for alpha in (0.0, 10.0, 30.0)]
+    losses, l1_norms = [r[0] for r in results], [r[1] for r in results]
+    assert max(losses) < 1e-6  # all interpolate
+    assert l1_norms[0] > l1_norms[1] > l1_norms[2]

@@ -1,0 +1,203 @@
+"""Tier 4: everything on CUDA, for the CUDA C++ and the Triton backends (skipped without a GPU)."""
+import copy
+import itertools
+
+import pytest
+import torch
+
+from sparseopt_kernels import backends
+from sparseopt_kernels.optim import HAM, HORST
+from sparseopt_kernels.reference import mirror as ref
+from sparseopt_kernels.testing import assert_close, assert_within_reference_error
+
+from test_ops_parity import ADAM_CONFIGS, MIRRORS, SGD_CONFIGS
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def gpu_backends():
+    out = []
+    for name in ("cuda", "triton"):
+        reason = backends.unavailable(name, "cuda", torch.float32)
+        out.append(pytest.param(name, marks=[pytest.mark.skip(reason=reason)] if reason else [],
+                                id=name))
+    return out
+
+
+BACKENDS = gpu_backends()
+# sizes that exercise vector bodies, scalar tails, one-element tensors and several chunks
+SHAPES = [(1,), (7,), (4099,), (300, 257), (70_001,)]
+
+
+def tensors(dtype, n_state, state_dtype=torch.float32, shapes=SHAPES, offset=0):
+    """CUDA tensors; ``offset`` > 0 makes every pointer misaligned for 16-byte accesses."""
+    def make(shape, dt, positive=False):
+        numel = int(torch.tensor(shape).prod()) + offset
+        base = torch.randn(numel, device="cuda", dtype=torch.float64)
+        base = base.abs() if positive else base
+        return base.to(dt)[offset:].view(shape)
+
+    params = [make(s, dtype) for s in shapes]
+    params[0].view(-1)[::3] = 0
+    grads = [make(s, dtype) for s in shapes]
+    states = [[make(s, state_dtype, positive=True) for s in shapes] for _ in range(n_state)]
+    return params, grads, states
+
+
+def as64(ts):
+    return [t.detach().double().cpu().clone() for t in ts]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("cfg,mirror", list(itertools.product(ADAM_CONFIGS, MIRRORS)))
+def test_ham_adam_on_cuda(backend, offset, cfg, mirror, use_backend):
+    use_backend(backend)
+    params, grads, (m, v, vmax) = tensors(torch.float32, 3, offset=offset)
+    steps = [torch.tensor(float(k), device="cuda") for k in range(len(params))]
+    p64, m64, v64, vmax64 = as64(params), as64(m), as64(v), as64(vmax)
+    steps64 = [s.double().cpu() for s in steps]
+    amsgrad = cfg.get("amsgrad", False)
+    for it in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        kw = dict(lr=1e-2 * (it + 1), beta1=0.8, beta2=0.95, eps=1e-6, **cfg, **mirror)
+        lr_tensor = torch.tensor(kw["lr"], device="cuda") if it == 1 else None
+        torch.ops.sparseopt.ham_adam_(params, grads, m, v, vmax if amsgrad else [], steps,
+                                      lr_tensor=lr_tensor, **kw)
+        ref.ham_adam_(p64, as64(grads), m64, v64, vmax64 if amsgrad else [], steps64, **kw)
+    for name, ours, theirs in (("param", params, p64), ("exp_avg", m, m64),
+                               ("exp_avg_sq", v, v64)):
+        for i, (a, e) in enumerate(zip(ours, theirs)):
+            assert_close(a.cpu(), e, rtol=5e-5, atol=5e-6, msg=f"{backend} {name}[{i}]")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cfg,mirror", list(itertools.product(SGD_CONFIGS, MIRRORS)))
+def test_ham_sgd_and_mirror_step_on_cuda(backend, cfg, mirror, use_backend):
+    use_backend(backend)
+    params, grads, (bufs,) = tensors(torch.float32, 1)
+    p64, b64 = as64(params), as64(bufs)
+    momentum = cfg.get("momentum", 0.0)
+    for it in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        kw = dict(lr=0.05, **mirror, **cfg)
+        kw["is_first_step"] = cfg.get("is_first_step", False) and it == 0
+        torch.ops.sparseopt.ham_sgd_(params, grads, bufs if momentum else [], **kw)
+        ref.ham_sgd_(p64, as64(grads), b64 if momentum else [], **kw)
+    if mirror["alpha"]:
+        g = [torch.randn_like(p) for p in params]
+        kw = dict(lr=0.1, maximize=True, **mirror)
+        torch.ops.sparseopt.mirror_step_(params, g, **kw)
+        ref.mirror_step_(p64, as64(g), **kw)
+    for i, (a, e) in enumerate(zip(params, p64)):
+        assert_close(a.cpu(), e, rtol=5e-5, atol=5e-6, msg=f"{backend} param[{i}]")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("state", ["float32", "param"])
+def test_low_precision_on_cuda(backend, dtype, state, use_backend):
+    use_backend(backend)
+    state_dtype = torch.float32 if state == "float32" else dtype
+    params, grads, (m, v) = tensors(dtype, 2, state_dtype=state_dtype)
+    kw = dict(lr=1e-2, alpha=50.0, beta=1e-2, clamp=5.0, decoupled_weight_decay=True,
+              weight_decay=0.1)
+    exact_p = as64(params)
+    same_p = [t.clone() for t in params]
+    ref.ham_adam_(exact_p, as64(grads), as64(m), as64(v), [],
+                  [torch.tensor(0.0) for _ in params], **kw)
+    ref.ham_adam_(same_p, grads, [t.clone() for t in m], [t.clone() for t in v], [],
+                  [torch.tensor(0.0, device="cuda") for _ in params], **kw)
+    torch.ops.sparseopt.ham_adam_(params, grads, m, v, [],
+                                  [torch.tensor(0.0, device="cuda") for _ in params], **kw)
+    for i in range(len(params)):
+        assert_within_reference_error(params[i].cpu(), same_p[i].cpu(), exact_p[i],
+                                      msg=f"param[{i}]")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_found_inf_and_many_tensors_on_cuda(backend, use_backend):
+    """1000 tensors (several launches of the multi-tensor launcher); found_inf changes nothing."""
+    use_backend(backend)
+    params, grads, (m, v) = tensors(torch.float32, 2, shapes=[(10_000,)] * 1000)
+    steps = [torch.tensor(1.0, device="cuda") for _ in params]
+    before = copy.deepcopy((params, m, v, steps))
+    torch.ops.sparseopt.ham_adam_(params, grads, m, v, [], steps, lr=1e-2, alpha=10.0,
+                                  grad_scale=torch.tensor(2.0, device="cuda"),
+                                  found_inf=torch.tensor(1.0, device="cuda"))
+    for a, b in zip(params + m + v + steps, sum(map(list, before), [])):
+        assert torch.equal(a, b)
+    p64 = as64(params)
+    torch.ops.sparseopt.ham_adam_(params, grads, m, v, [], steps, lr=1e-2, alpha=10.0,
+                                  beta=1e-3)
+    ref.ham_adam_(p64, as64(grads), as64(before[1]), as64(before[2]), [],
+                  [s.double().cpu() for s in before[3]], lr=1e-2, alpha=10.0, beta=1e-3)
+    for i in (0, 508, 509, 999):  # both sides of a launch boundary
+        assert_close(params[i].cpu(), p64[i], rtol=2e-5, atol=2e-6)
+    assert all(s.item() == 2.0 for s in steps)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("make", [
+    lambda ps: HAM(torch.optim.AdamW(ps, lr=1e-2, fused=True), alpha=0.0, beta=0.0),
+    lambda ps: HAM(torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True), alpha=0, beta=0),
+    lambda ps: HORST(ps, lr=1e-2, alpha=0.0, beta=0.0, amsgrad=True),
+], ids=["ham-adamw", "ham-sgd", "horst"])
+def test_optimizers_reproduce_torch_on_cuda(backend, make, use_backend):
+    use_backend(backend)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.Tanh(),
+                                torch.nn.Linear(128, 8)).cuda()
+    twin = copy.deepcopy(model)
+    ours = make(model.parameters())
+    base = ours.optimizer if isinstance(ours, HAM) else None
+    if base is not None:
+        theirs = type(base)(twin.parameters(), **{k: v for k, v in base.defaults.items()})
+    else:
+        theirs = torch.optim.AdamW(twin.parameters(), lr=1e-2, amsgrad=True, fused=True)
+    for _ in range(20):
+        x = torch.randn(32, 64, device="cuda")
+        for mdl, opt in ((model, ours), (twin, theirs)):
+            opt.zero_grad()
+            mdl(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert_close(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grad_scaler_and_cuda_graph_capture(backend, use_backend):
+    """A HAM-AdamW step with device lr, grad_scale and found_inf captured in a CUDA graph and
+    replayed equals the eager step."""
+    use_backend(backend)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(256, 256).cuda()
+    twin = copy.deepcopy(model)
+    make = lambda ps: HAM(torch.optim.AdamW(ps, lr=torch.tensor(1e-2, device="cuda"),  # noqa
+                                            capturable=True), alpha=5000.0, beta=1e-3)
+    opt, eager = make(model.parameters()), make(twin.parameters())
+    x = torch.randn(64, 256, device="cuda")
+    for mdl in (model, twin):
+        mdl(x).pow(2).mean().backward()
+    opt.grad_scale = torch.tensor(1.0, device="cuda")
+    opt.found_inf = torch.tensor(0.0, device="cuda")
+    opt.step()  # warm-up outside the capture (state, tables)
+    eager.step()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph):
+        opt.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        graph.replay()
+        eager.step()
+    torch.cuda.synchronize()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert_close(a, b, rtol=1e-6, atol=1e-7)
+    opt.found_inf.fill_(1.0)
+    before = [p.clone() for p in model.parameters()]
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
