@@ -46,6 +46,9 @@ def ham_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
               clamp=None, mirror="exp", gamma=1.0, direction="grad", order="after",
               grad_scale=None, found_inf=None):
     device = params[0].device
+    if state_steps[0].device.type == "cuda" and state_steps[0].dtype != torch.float32:
+        raise TypeError(f"state_steps on CUDA must be float32 (the kernels read them on the "
+                        f"device), got {state_steps[0].dtype}")
     lr, lr_tensor = _lr_args(lr, lr_tensor, device)
     _advance_steps(state_steps, found_inf)
     _native.native().ham_adam_cuda(

@@ -250,17 +250,15 @@ class HAM(Optimizer):
 
     def _adam_group(self, group: Dict, adamw: bool, grad_scale, found_inf) -> None:
         amsgrad = group["amsgrad"]
-        keep_step_on_device = group.get("capturable", False) or group.get("fused", False)
         beta1, beta2 = group["betas"]
         for (mirrored, _), params in self._buckets(group).items():
             exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], []
             for p in params:
                 state = self.state[p]
-                if len(state) == 0:  # as torch.optim.Adam._init_group does
-                    on_device = keep_step_on_device or p.device.type != "cpu"
+                if len(state) == 0:  # as torch.optim.Adam._init_group does, except that
+                    # the step count of a CUDA param lives on its device (as with fused=True)
                     state["step"] = torch.zeros(
-                        (), dtype=_scalar_dtype(group.get("fused") or False),
-                        device=p.device if on_device else "cpu")
+                        (), dtype=_scalar_dtype(group.get("fused") or False), device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p,
                                                            memory_format=torch.preserve_format)
