@@ -208,3 +208,112 @@ def check_mirror_step(params, grads, lr, lr_tensor, alpha, beta, clamp, mirror, 
     check_lr(lr, lr_tensor, device)
     check_mirror_args(alpha, beta, clamp, mirror, gamma)
     check_amp(grad_scale, found_inf, device)
+
+
+# --- masked Adam family ----------------------------------------------------------------------
+
+def check_masks(masks, params) -> None:
+    """``masks``: None, or one bool mask shaped like each param or one bit-packed uint8 mask of
+    ceil(numel / 8) bytes, on the param's device, contiguous."""
+    if masks is None:
+        return
+    if not isinstance(masks, (list, tuple)):
+        raise TypeError(f"masks must be a list of tensors or None, got {type(masks).__name__}")
+    if len(masks) != len(params):
+        raise ValueError(f"masks has {len(masks)} tensors but params has {len(params)}")
+    for i, (m, p) in enumerate(zip(masks, params)):
+        if not isinstance(m, Tensor):
+            raise TypeError(f"masks[{i}] must be a Tensor, got {type(m).__name__}")
+        if m.layout != torch.strided or not m.is_contiguous():
+            raise ValueError(f"masks[{i}] must be a dense contiguous tensor")
+        if m.device != p.device:
+            raise ValueError(f"masks[{i}] is on {m.device} but params[{i}] is on {p.device}")
+        if m.dtype == torch.bool:
+            if m.shape != p.shape:
+                raise ValueError(f"masks[{i}] has shape {tuple(m.shape)}, expected "
+                                 f"{tuple(p.shape)} like params[{i}] (or a bit-packed uint8 "
+                                 f"mask of {(p.numel() + 7) // 8} bytes)")
+        elif m.dtype == torch.uint8:
+            if m.dim() != 1 or m.numel() != (p.numel() + 7) // 8:
+                raise ValueError(f"masks[{i}] is uint8, so it must be bit-packed: 1-D with "
+                                 f"{(p.numel() + 7) // 8} bytes for {p.numel()} elements, got "
+                                 f"shape {tuple(m.shape)}")
+        else:
+            raise TypeError(f"masks[{i}] has dtype {m.dtype}; expected torch.bool (one byte "
+                            "per element) or torch.uint8 (bit-packed)")
+
+
+def check_density(name: str, density) -> float:
+    return check_real(name, density, low=0.0, low_open=True, high=1.0, high_open=False)
+
+
+def check_chunk_size(chunk_size, chunk_offsets: bool = False) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise TypeError(f"chunk_size must be an int, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if chunk_offsets and chunk_size > 32768:
+        raise ValueError(f"chunk_offsets (int16 offsets) need chunk_size <= 32768, got "
+                         f"{chunk_size}")
+    return int(chunk_size)
+
+
+def check_selection(values, density, chunk_size, chunk_offsets) -> None:
+    check_density("density", density)
+    check_chunk_size(chunk_size, chunk_offsets)
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"values must be a list of tensors, got {type(values).__name__}")
+    device = values[0].device if values else None
+    for i, v in enumerate(values):
+        _check_dense(f"values[{i}]", v, device)
+        if v.dtype not in PARAM_DTYPES:
+            raise TypeError(f"values[{i}] has dtype {v.dtype}; expected a floating dtype")
+        if v.numel() >= 2 ** 31:
+            raise ValueError(f"values[{i}] has {v.numel()} elements; int32 indices address at "
+                             "most 2**31 - 1")
+
+
+def check_compact_adam(params, grads, indices, exp_avgs, exp_avg_sqs, state_steps, density,
+                       chunk_size, lr, lr_tensor, beta1, beta2, eps, weight_decay, grad_scale,
+                       found_inf) -> None:
+    device = check_tensor_lists(params, grads)
+    check_density("density", density)
+    n = len(params)
+    for name, lst in (("indices", indices), ("exp_avgs", exp_avgs),
+                      ("exp_avg_sqs", exp_avg_sqs)):
+        if not isinstance(lst, (list, tuple)):
+            raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
+        if len(lst) != n:
+            raise ValueError(f"{name} has {len(lst)} tensors but params has {n}")
+    from .reference.masked import num_selected
+    offsets = bool(indices) and indices[0].dtype == torch.int16
+    check_chunk_size(chunk_size, offsets)
+    for i, p in enumerate(params):
+        want = num_selected(p.numel(), density, chunk_size)
+        idx = indices[i]
+        _check_dense(f"indices[{i}]", idx, device)
+        if idx.dtype not in (torch.int32, torch.int16) or idx.dim() != 1 or idx.numel() != want:
+            raise ValueError(f"indices[{i}] must be a 1-D int32 (or int16 chunk-offset) tensor "
+                             f"of {want} entries (density {density}, chunk_size {chunk_size}, "
+                             f"{p.numel()} elements), got {idx.dtype} of shape "
+                             f"{tuple(idx.shape)}")
+        if idx.dtype != indices[0].dtype:
+            raise TypeError("indices mix int32 and int16 tensors")
+        for name, lst in (("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+            s = lst[i]
+            _check_dense(f"{name}[{i}]", s, device)
+            if s.dim() != 1 or s.numel() != want:
+                raise ValueError(f"{name}[{i}] must be 1-D with {want} entries (one per selected "
+                                 f"element), got shape {tuple(s.shape)}")
+            if s.dtype not in (torch.float32, torch.bfloat16) or s.dtype != lst[0].dtype:
+                raise TypeError(f"{name}[{i}] has dtype {s.dtype}; compact moments are float32 "
+                                "or bfloat16, one dtype per call")
+    if exp_avgs and exp_avgs[0].dtype != exp_avg_sqs[0].dtype:
+        raise TypeError("exp_avgs and exp_avg_sqs must share a dtype")
+    check_steps(state_steps, n, device, found_inf)
+    check_lr(lr, lr_tensor, device)
+    check_real("beta1", beta1, low=0.0, high=1.0)
+    check_real("beta2", beta2, low=0.0, high=1.0)
+    check_real("eps", eps, low=0.0, high=None)
+    check_real("weight_decay", weight_decay, low=0.0, high=None)
+    check_amp(grad_scale, found_inf, device)

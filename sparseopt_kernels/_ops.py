@@ -20,27 +20,31 @@ _lib = torch.library.Library("sparseopt", "DEF")  # noqa: TOR901 - the namespace
 _MIRROR_ARGS = ('float alpha=0., float beta=0., float? clamp=None, str mirror="exp", '
                 'float gamma=1.')
 _AMP_ARGS = "Tensor? grad_scale=None, Tensor? found_inf=None"
+_MASK_ARG = "Tensor[]? masks=None"
 
-SCHEMAS = {
+SCHEMAS: dict = {}     # op name → schema string
+VALIDATORS: dict = {}  # op name → argument checks (run by every kernel first)
+FAMILY: dict = {}      # op name → kernel family; backends/ maps a family to its modules
+
+_MIRROR_SCHEMAS = {
     "ham_sgd_": (
         "ham_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, *, "
         "float lr, Tensor? lr_tensor=None, float weight_decay=0., float momentum=0., "
         "float dampening=0., bool nesterov=False, bool maximize=False, "
-        f"bool is_first_step=False, {_MIRROR_ARGS}, {_AMP_ARGS}) -> ()"),
+        f"bool is_first_step=False, {_MIRROR_ARGS}, {_AMP_ARGS}, {_MASK_ARG}) -> ()"),
     "ham_adam_": (
         "ham_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
         "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, *, "
         "float lr, Tensor? lr_tensor=None, float beta1=0.9, float beta2=0.999, "
         "float weight_decay=0., float eps=1e-8, bool amsgrad=False, bool maximize=False, "
         f"bool decoupled_weight_decay=False, {_MIRROR_ARGS}, str direction=\"grad\", "
-        f"str order=\"after\", {_AMP_ARGS}) -> ()"),
+        f"str order=\"after\", {_AMP_ARGS}, {_MASK_ARG}) -> ()"),
     "mirror_step_": (
         "mirror_step_(Tensor(a!)[] params, Tensor[] grads, *, float lr, "
-        f"Tensor? lr_tensor=None, {_MIRROR_ARGS}, bool maximize=False, {_AMP_ARGS}) -> ()"),
+        f"Tensor? lr_tensor=None, {_MIRROR_ARGS}, bool maximize=False, {_AMP_ARGS}, "
+        f"{_MASK_ARG}) -> ()"),
 }
 
-for _schema in SCHEMAS.values():
-    _lib.define(_schema)
 
 
 # --- validation shared by every kernel of an op (called first, before anything is modified) ---
@@ -48,34 +52,30 @@ for _schema in SCHEMAS.values():
 def validate_ham_sgd_(params, grads, momentum_buffers, *, lr, lr_tensor=None, weight_decay=0.0,
                       momentum=0.0, dampening=0.0, nesterov=False, maximize=False,
                       is_first_step=False, alpha=0.0, beta=0.0, clamp=None, mirror="exp",
-                      gamma=1.0, grad_scale=None, found_inf=None):
+                      gamma=1.0, grad_scale=None, found_inf=None, masks=None):
     _checks.check_sgd(params, grads, momentum_buffers, lr, lr_tensor, weight_decay, momentum,
                       dampening, nesterov, maximize, alpha, beta, clamp, mirror, gamma,
                       grad_scale, found_inf)
+    _checks.check_masks(masks, params)
 
 
 def validate_ham_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
                        lr, lr_tensor=None, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
                        amsgrad=False, maximize=False, decoupled_weight_decay=False, alpha=0.0,
                        beta=0.0, clamp=None, mirror="exp", gamma=1.0, direction="grad",
-                       order="after", grad_scale=None, found_inf=None):
+                       order="after", grad_scale=None, found_inf=None, masks=None):
     _checks.check_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr,
                        lr_tensor, beta1, beta2, weight_decay, eps, amsgrad, alpha, beta, clamp,
                        mirror, gamma, direction, order, grad_scale, found_inf)
+    _checks.check_masks(masks, params)
 
 
 def validate_mirror_step_(params, grads, *, lr, lr_tensor=None, alpha=0.0, beta=0.0, clamp=None,
                           mirror="exp", gamma=1.0, maximize=False, grad_scale=None,
-                          found_inf=None):
+                          found_inf=None, masks=None):
     _checks.check_mirror_step(params, grads, lr, lr_tensor, alpha, beta, clamp, mirror, gamma,
                               grad_scale, found_inf)
-
-
-VALIDATORS = {
-    "ham_sgd_": validate_ham_sgd_,
-    "ham_adam_": validate_ham_adam_,
-    "mirror_step_": validate_mirror_step_,
-}
+    _checks.check_masks(masks, params)
 
 
 def validated(name, kernel):
@@ -84,15 +84,67 @@ def validated(name, kernel):
 
     def run(*args, **kwargs):
         check(*args, **kwargs)
-        kernel(*args, **kwargs)
+        return kernel(*args, **kwargs)
 
     run.__name__ = f"{name}{getattr(kernel, '__name__', 'kernel')}"
     return run
 
 
-for _name in SCHEMAS:
-    _lib.impl(_name, validated(_name, getattr(_ref, _name)), "CompositeExplicitAutograd")
-    torch.library.register_fake(f"sparseopt::{_name}", lib=_lib)(
-        validated(_name, lambda *args, **kwargs: None))
+def define(name: str, schema: str, family: str, reference, validator, fake=None) -> None:
+    """Define ``sparseopt::name``: schema, argument checks, the reference as the default kernel
+    and a fake kernel (``fake`` for ops that return tensors; in-place ops return nothing)."""
+    SCHEMAS[name] = schema
+    VALIDATORS[name] = validator
+    FAMILY[name] = family
+    _lib.define(schema)
+    _lib.impl(name, validated(name, reference), "CompositeExplicitAutograd")
+    torch.library.register_fake(f"sparseopt::{name}", lib=_lib)(
+        validated(name, fake or (lambda *args, **kwargs: None)))
 
-OPS = tuple(SCHEMAS)
+
+_MIRROR_VALIDATORS = {"ham_sgd_": validate_ham_sgd_, "ham_adam_": validate_ham_adam_,
+                      "mirror_step_": validate_mirror_step_}
+for _name, _schema in _MIRROR_SCHEMAS.items():
+    define(_name, _schema, "mirror", getattr(_ref, _name), _MIRROR_VALIDATORS[_name])
+
+
+# --- masked Adam family (NanoAdam): chunked bottom-k selection and the compact step ---------
+
+from .reference import masked as _ref_masked  # noqa: E402
+
+
+def validate_chunk_select(values, density, chunk_size, chunk_offsets=False):
+    _checks.check_selection(values, density, chunk_size, chunk_offsets)
+
+
+def fake_chunk_select(values, density, chunk_size, chunk_offsets=False):
+    dtype = torch.int16 if chunk_offsets else torch.int32
+    return [v.new_empty(_ref_masked.num_selected(v.numel(), density, chunk_size), dtype=dtype)
+            for v in values]
+
+
+def validate_compact_adam_(params, grads, indices, exp_avgs, exp_avg_sqs, state_steps, *,
+                           density, chunk_size, lr, lr_tensor=None, beta1=0.9, beta2=0.999,
+                           eps=1e-8, weight_decay=0.0, maximize=False, grad_scale=None,
+                           found_inf=None):
+    _checks.check_compact_adam(params, grads, indices, exp_avgs, exp_avg_sqs, state_steps,
+                               density, chunk_size, lr, lr_tensor, beta1, beta2, eps,
+                               weight_decay, grad_scale, found_inf)
+
+
+define("chunk_select",
+       "chunk_select(Tensor[] values, float density, int chunk_size, bool chunk_offsets=False)"
+       " -> Tensor[]",
+       "masked", _ref_masked.chunk_select, validate_chunk_select, fake_chunk_select)
+define("compact_adam_",
+       "compact_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor[] indices, "
+       "Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] state_steps, *, "
+       "float density, int chunk_size, float lr, Tensor? lr_tensor=None, float beta1=0.9, "
+       f"float beta2=0.999, float eps=1e-8, float weight_decay=0., bool maximize=False, "
+       f"{_AMP_ARGS}) -> ()",
+       "masked", _ref_masked.compact_adam_, validate_compact_adam_)
+
+
+def ops():
+    """Every op name, once all families are imported."""
+    return tuple(SCHEMAS)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import _ops
+from .reference import masked as _masked_ref
 
 LR = Union[float, Tensor]
 
@@ -38,7 +39,7 @@ def _on(t: Optional[Tensor], device: torch.device) -> Optional[Tensor]:
 
 
 def _run_grouped(op: str, lists: Sequence[List[Tensor]], optional: Sequence[bool],
-                 kwargs: Dict) -> None:
+                 kwargs: Dict):
     """Run ``op`` once per (device, dtype) of ``lists[0]`` (the params).
 
     ``optional[i]`` marks a list that may be empty (e.g. max_exp_avg_sqs without amsgrad).
@@ -55,7 +56,7 @@ def _run_grouped(op: str, lists: Sequence[List[Tensor]], optional: Sequence[bool
             raise TypeError(f"params[{i}] must be a Tensor, got {type(p).__name__}")
         groups.setdefault((p.device, p.dtype), []).append(i)
     if not groups:
-        return
+        return groups, []
     calls = []
     for (device, _dtype), idx in groups.items():
         args = []
@@ -68,13 +69,17 @@ def _run_grouped(op: str, lists: Sequence[List[Tensor]], optional: Sequence[bool
             else:
                 args.append([lst[i] for i in idx])
         kw = dict(kwargs)
-        kw["grad_scale"] = _on(kw.get("grad_scale"), device)
-        kw["found_inf"] = _on(kw.get("found_inf"), device)
+        if "grad_scale" in kw:
+            kw["grad_scale"] = _on(kw["grad_scale"], device)
+            kw["found_inf"] = _on(kw["found_inf"], device)
+        if kw.get("masks") is not None:  # one mask per param: split like the params
+            masks = kw["masks"]
+            kw["masks"] = [masks[i] for i in idx] if len(masks) == len(params) else list(masks)
         _ops.VALIDATORS[op](*args, **kw)
         calls.append((args, kw))
     fn = getattr(torch.ops.sparseopt, op)
-    for args, kw in calls:
-        fn(*args, **kw)
+    outputs = [fn(*args, **kw) for args, kw in calls]
+    return groups, outputs
 
 
 def ham_sgd(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[Tensor], *,
@@ -82,18 +87,21 @@ def ham_sgd(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[Te
             nesterov: bool = False, maximize: bool = False, is_first_step: bool = False,
             alpha: float = 200.0, beta: float = 1e-3, clamp: Optional[float] = 5.0,
             mirror: str = "exp", gamma: float = 1.0, grad_scale: Optional[Tensor] = None,
-            found_inf: Optional[Tensor] = None) -> None:
+            found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None) -> None:
     """SGD (torch.optim.SGD's rule) fused with the mirror step, in place.
 
     ``is_first_step`` initializes the momentum buffers to the gradient (as torch.optim.SGD does
     when a buffer does not exist yet). ``momentum_buffers`` may be empty when momentum is 0.
+    ``masks`` (one bool mask shaped like each param, or bit-packed uint8) makes it the dense-mask
+    step: where the mask is 0 the param and its buffer keep their bits (pruned zeros stay zero).
     """
     lr_f, lr_t = _split_lr(lr)
     _run_grouped("ham_sgd_", [params, grads, momentum_buffers], [False, False, momentum == 0],
                  dict(lr=lr_f, lr_tensor=lr_t, weight_decay=weight_decay, momentum=momentum,
                       dampening=dampening, nesterov=nesterov, maximize=maximize,
                       is_first_step=is_first_step, alpha=alpha, beta=beta, clamp=clamp,
-                      mirror=mirror, gamma=gamma, grad_scale=grad_scale, found_inf=found_inf))
+                      mirror=mirror, gamma=gamma, grad_scale=grad_scale, found_inf=found_inf,
+                      masks=masks))
 
 
 def ham_adam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
@@ -104,11 +112,13 @@ def ham_adam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
              alpha: float = 200.0, beta: float = 1e-3, clamp: Optional[float] = 5.0,
              mirror: str = "exp", gamma: float = 1.0, direction: str = "grad",
              order: str = "after", grad_scale: Optional[Tensor] = None,
-             found_inf: Optional[Tensor] = None) -> None:
+             found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None) -> None:
     """Adam (or AdamW with ``decoupled_weight_decay``) fused with the mirror step, in place.
 
     ``state_steps`` are one-element float tensors, incremented by the call (unless
     ``found_inf``). ``direction="adam"`` with ``decoupled_weight_decay=True`` is HORST.
+    ``masks`` makes it the dense-mask step (see :func:`ham_sgd`); memory per parameter is the
+    dense moments' (8 B in float32) plus the mask (1 B bool, or 1/8 B bit-packed).
     """
     lr_f, lr_t = _split_lr(lr)
     _run_grouped("ham_adam_",
@@ -118,19 +128,64 @@ def ham_adam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                       weight_decay=weight_decay, eps=eps, amsgrad=amsgrad, maximize=maximize,
                       decoupled_weight_decay=decoupled_weight_decay, alpha=alpha, beta=beta,
                       clamp=clamp, mirror=mirror, gamma=gamma, direction=direction, order=order,
-                      grad_scale=grad_scale, found_inf=found_inf))
+                      grad_scale=grad_scale, found_inf=found_inf, masks=masks))
 
 
 def mirror_step(params: List[Tensor], grads: List[Tensor], *, lr: LR, alpha: float = 200.0,
                 beta: float = 1e-3, clamp: Optional[float] = 5.0, mirror: str = "exp",
                 gamma: float = 1.0, maximize: bool = False,
-                grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+                grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+                masks: Optional[List[Tensor]] = None) -> None:
     """The standalone mirror step on params that already took a base step (θ' → θ), in place."""
     lr_f, lr_t = _split_lr(lr)
     _run_grouped("mirror_step_", [params, grads], [False, False],
                  dict(lr=lr_f, lr_tensor=lr_t, alpha=alpha, beta=beta, clamp=clamp,
                       mirror=mirror, gamma=gamma, maximize=maximize, grad_scale=grad_scale,
-                      found_inf=found_inf))
+                      found_inf=found_inf, masks=masks))
 
 
-__all__ = ["ham_sgd", "ham_adam", "mirror_step"]
+def chunk_select(values: List[Tensor], density: float, chunk_size: int = 4096,
+                 chunk_offsets: bool = False) -> List[Tensor]:
+    """Per chunk of ``chunk_size`` elements, the entries of smallest ``|θ|`` (a fraction
+    ``density``, at least one per chunk), as ascending int32 flat indices or int16 chunk offsets.
+
+    Computed on the device without a full sort; the output sizes are known on the host
+    (:func:`sparseopt_kernels.reference.masked.num_selected`), so nothing synchronizes.
+    """
+    groups, outputs = _run_grouped("chunk_select", [values], [False],
+                                   dict(density=density, chunk_size=chunk_size,
+                                        chunk_offsets=chunk_offsets))
+    result: List[Optional[Tensor]] = [None] * len(values)
+    for idx, out in zip(groups.values(), outputs):
+        for i, t in zip(idx, out):
+            result[i] = t
+    return result  # type: ignore[return-value]
+
+
+def compact_adam(params: List[Tensor], grads: List[Tensor], indices: List[Tensor],
+                 exp_avgs: List[Tensor], exp_avg_sqs: List[Tensor], state_steps: List[Tensor],
+                 *, density: float, chunk_size: int = 4096, lr: LR, beta1: float = 0.9,
+                 beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+                 maximize: bool = False, grad_scale: Optional[Tensor] = None,
+                 found_inf: Optional[Tensor] = None) -> None:
+    """Adam on the selected entries only (NanoAdam's step), in place.
+
+    ``indices`` come from :func:`chunk_select` with the same ``density`` and ``chunk_size``;
+    ``exp_avgs``/``exp_avg_sqs`` hold one moment per selected entry (float32 or bfloat16).
+    Weight decay is decoupled and applied to the selected entries only. Memory per parameter at
+    density d: ``d × (8 + 4)`` B with float32 moments and int32 indices, ``d × (8 + 2)`` B with
+    int16 chunk offsets, ``d × (4 + 2)`` B with bfloat16 moments (torch.optim.Adam: 8 B).
+    """
+    lr_f, lr_t = _split_lr(lr)
+    _run_grouped("compact_adam_",
+                 [params, grads, indices, exp_avgs, exp_avg_sqs, state_steps],
+                 [False] * 6,
+                 dict(density=density, chunk_size=chunk_size, lr=lr_f, lr_tensor=lr_t,
+                      beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                      maximize=maximize, grad_scale=grad_scale, found_inf=found_inf))
+
+
+remap_compact_state = _masked_ref.remap_compact_state
+
+__all__ = ["ham_sgd", "ham_adam", "mirror_step", "chunk_select", "compact_adam",
+           "remap_compact_state"]

@@ -201,3 +201,77 @@ def test_grad_scaler_and_cuda_graph_capture(backend, use_backend):
     graph.replay()
     torch.cuda.synchronize()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), before))
+
+
+# --- masked Adam family on CUDA ------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("density,chunk,offsets", [(0.1, 4096, True), (0.01, 4096, False),
+                                                   (0.3, 1000, True), (1.0, 64, False)])
+def test_chunk_select_on_cuda(backend, dtype, density, chunk, offsets, use_backend):
+    from sparseopt_kernels import functional as F
+    from sparseopt_kernels.reference import masked as mref
+    use_backend(backend)
+    values = [torch.randn(1_000_003, device="cuda").to(dtype), torch.randn(77, 3,
+                                                                          device="cuda").to(dtype)]
+    values[0][::97] = 0.0
+    values[0][5] = float("nan")
+    got = F.chunk_select(values, density, chunk, chunk_offsets=offsets)
+    want = mref.chunk_select([v.cpu() for v in values], density, chunk, offsets)
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("moments", [torch.float32, torch.bfloat16])
+def test_compact_adam_on_cuda(backend, moments, use_backend):
+    from sparseopt_kernels import functional as F
+    from sparseopt_kernels.reference import masked as mref
+    use_backend(backend)
+    params = [torch.randn(300, 257, device="cuda"), torch.randn(10_001, device="cuda")]
+    idx = F.chunk_select(params, 0.1, 4096, chunk_offsets=True)
+    m = [torch.rand(i.numel(), device="cuda").to(moments) for i in idx]
+    v = [torch.rand(i.numel(), device="cuda").to(moments) for i in idx]
+    steps = [torch.tensor(3.0, device="cuda") for _ in params]
+    exact = [p.double().cpu() for p in params]
+    m64, v64 = [t.double().cpu() for t in m], [t.double().cpu() for t in v]
+    steps64 = [torch.tensor(3.0) for _ in params]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        kw = dict(density=0.1, chunk_size=4096, lr=1e-2, weight_decay=0.1)
+        F.compact_adam(params, grads, idx, m, v, steps, **kw)
+        mref.compact_adam_(exact, [g.double().cpu() for g in grads], [i.cpu() for i in idx],
+                           m64, v64, steps64, **kw)
+    tol = dict(rtol=5e-5, atol=5e-6) if moments == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    for p, e in zip(params, exact):
+        assert_close(p.cpu(), e, **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("packed", [False, True])
+def test_dense_mask_adam_on_cuda(backend, packed, use_backend):
+    use_backend(backend)
+    params, grads, (m, v) = tensors(torch.float32, 2)
+    dense = [torch.rand(p.shape, device="cuda") < 0.5 for p in params]
+    if packed:
+        masks = []
+        for d in dense:
+            bits = torch.nn.functional.pad(d.reshape(-1), (0, (-d.numel()) % 8)).view(-1, 8)
+            weights = 2 ** torch.arange(8, device="cuda")
+            masks.append((bits.to(torch.int64) * weights).sum(1).to(torch.uint8))
+    else:
+        masks = dense
+    before = copy.deepcopy((params, m, v))
+    steps = [torch.tensor(1.0, device="cuda") for _ in params]
+    torch.ops.sparseopt.ham_adam_(params, grads, m, v, [], steps, lr=1e-2, alpha=50.0,
+                                  beta=1e-3, clamp=5.0, masks=masks)
+    unmasked = copy.deepcopy(before)
+    torch.ops.sparseopt.ham_adam_(unmasked[0], grads, unmasked[1], unmasked[2], [],
+                                  [torch.tensor(1.0, device="cuda") for _ in params], lr=1e-2,
+                                  alpha=50.0, beta=1e-3, clamp=5.0)
+    for k in range(3):
+        for i, d in enumerate(dense):
+            got = (params, m, v)[k][i]
+            assert torch.equal(got[~d], before[k][i][~d])
+            assert torch.equal(got[d], unmasked[k][i][d])

@@ -230,21 +230,21 @@ def test_nan_gradients_propagate(backend, use_backend):
 def test_kernel_defaults_equal_schema_defaults():
     """The dispatcher drops keyword arguments equal to the schema default, so every kernel's
     Python defaults must be the schema's (else a default would silently change meaning)."""
+    import importlib
     import inspect
 
-    from sparseopt_kernels import _ops
-    from sparseopt_kernels.backends import cpu, cuda
-    modules = [ref, cpu, cuda]
-    try:
-        from sparseopt_kernels.triton import mirror_step as triton_mirror
-        modules.append(triton_mirror)
-    except ImportError:
-        pass
-    for op in _ops.OPS:
+    from sparseopt_kernels import _ops, backends
+    for op in _ops.ops():
         schema = getattr(torch.ops.sparseopt, op).default._schema
         defaults = {a.name: a.default_value for a in schema.arguments if a.has_default_value()}
-        for module in modules + [_ops]:
-            fn = getattr(module, op if module is not _ops else f"validate_{op}")
+        functions = [getattr(_ops, f"validate_{op}")]
+        for backend, module in backends.FAMILIES[_ops.FAMILY[op]].items():
+            try:
+                functions.append(getattr(importlib.import_module(f"sparseopt_kernels.{module}"),
+                                         op))
+            except ImportError:  # e.g. triton not installed
+                continue
+        for fn in functions:
             sig = inspect.signature(fn)
             for name, value in defaults.items():
-                assert sig.parameters[name].default == value, (module.__name__, op, name)
+                assert sig.parameters[name].default == value, (fn.__module__, op, name)

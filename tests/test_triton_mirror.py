@@ -468,3 +468,155 @@ def test_all_configs_compile_once_each():
         tri.ham_adam_(p, g, m, v, vmax, steps, **kw)
         ref.ham_adam_(p64, _clone(g, torch.float64), *s64, **kw)
         _assert_close(p, p64)
+
+
+# ---------------------------------------------------------------------------------------------
+# masks: masked-out lanes keep their bits (param and state), the others step as unmasked
+# ---------------------------------------------------------------------------------------------
+
+def _pack_bits(keep):
+    """Bit-pack a bool tensor: element e is bit e % 8 of byte e // 8 (little bit order)."""
+    flat = keep.reshape(-1).to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)]).view(-1, 8)
+    return (flat << torch.arange(8, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
+
+
+def _masks(params, kind, seed=0):
+    """(keep masks as bool, the masks handed to the op) for kind bool / bits / mixed."""
+    gen = torch.Generator().manual_seed(seed)
+    keep = [torch.rand(p.shape, generator=gen) < 0.6 for p in params]
+    if kind == "bool":
+        return keep, keep
+    if kind == "bits":
+        return keep, [_pack_bits(k) for k in keep]
+    return keep, [k if i % 2 else _pack_bits(k) for i, k in enumerate(keep)]  # mixed
+
+
+def test_pack_bits_matches_reference_unpacking():
+    keep = torch.rand(1003) < 0.5
+    packed = _pack_bits(keep)
+    assert packed.numel() == 126
+    assert torch.equal(ref._dense_mask([packed], 0, keep), keep)
+
+
+def _run_masked(op, params, states, grads_per_step, masks):
+    for i, grads in enumerate(grads_per_step):
+        if op == "sgd":
+            tri.ham_sgd_(params, grads, states[0], lr=0.05, momentum=0.9, weight_decay=1e-2,
+                         alpha=2.0, beta=0.01, clamp=5.0, is_first_step=i == 0, masks=masks)
+        elif op == "adam":
+            tri.ham_adam_(params, grads, *states, lr=0.01, amsgrad=True,
+                          decoupled_weight_decay=True, weight_decay=0.1, alpha=1.0, beta=0.01,
+                          mirror="hypentropy", direction="adam", masks=masks)
+        else:
+            tri.mirror_step_(params, grads, lr=0.01, alpha=50.0, beta=1e-2, masks=masks)
+
+
+def _fresh_state(op, params):
+    if op == "sgd":
+        return ([torch.randn_like(p) for p in params],)
+    if op == "adam":
+        m, v, vmax, steps = _adam_state(params, True)
+        for t in m + v + vmax:
+            t.uniform_()  # non-zero state, so "kept its bits" is a real check
+        return m, v, vmax, steps
+    return ()
+
+
+@pytest.mark.parametrize("kind", ["bool", "bits", "mixed"])
+@pytest.mark.parametrize("op", ["sgd", "adam", "mirror"])
+def test_masks(op, kind):
+    params = _params()
+    params.append(torch.zeros(0))  # an empty tensor (its mask is empty too)
+    keep, masks = _masks(params, kind)
+    grads = [_grads(s) + [torch.zeros(0)] for s in range(3)]
+    states = _fresh_state(op, params)
+    before = _clone(params), [_clone(s) for s in states]
+
+    # the same step without masks, from the same starting point
+    p_full, s_full = _clone(params), [_clone(s) for s in states]
+    _run_masked(op, params, states, grads, masks)
+    _run_masked(op, p_full, s_full, grads, None)
+
+    tensor_lists = [(params, before[0], p_full)]
+    tensor_lists += [(s, b, f) for s, b, f in zip(states, before[1], s_full)
+                     if s and s[0].dim() > 0]  # (the Adam step counters are scalars)
+    for got_list, old_list, full_list in tensor_lists:
+        changed = 0
+        for got, old, full, k in zip(got_list, old_list, full_list, keep):
+            # masked-out: bit-identical to before; kept: bit-identical to the unmasked step
+            assert torch.equal(got[~k].view(torch.int32), old[~k].view(torch.int32))
+            assert torch.equal(got[k].view(torch.int32), full[k].view(torch.int32))
+            changed += (got[k] != old[k]).sum().item()
+        # the kept lanes did step (an amsgrad max or a zero weight with a zero grad may not)
+        assert changed > 0.2 * sum(k.sum().item() for k in keep)
+    if op == "adam":
+        assert all(s.item() == 3 for s in states[3])  # steps advance per tensor regardless
+
+
+@pytest.mark.parametrize("op", ["sgd", "adam", "mirror"])
+def test_masks_match_reference(op):
+    params = _params()
+    keep, masks = _masks(params, "bits", seed=1)
+    grads = [_grads(s) for s in range(3)]
+    states = _fresh_state(op, params)
+    p64 = _clone(params, torch.float64)
+    s64 = [_clone(s, torch.float64) if s and s[0].dim() > 0 else _clone(s) for s in states]
+    _run_masked(op, params, states, grads, masks)
+    for i, g in enumerate(grads):
+        g64 = _clone(g, torch.float64)
+        if op == "sgd":
+            ref.ham_sgd_(p64, g64, s64[0], lr=0.05, momentum=0.9, weight_decay=1e-2,
+                         alpha=2.0, beta=0.01, clamp=5.0, is_first_step=i == 0, masks=masks)
+        elif op == "adam":
+            ref.ham_adam_(p64, g64, *s64, lr=0.01, amsgrad=True, decoupled_weight_decay=True,
+                          weight_decay=0.1, alpha=1.0, beta=0.01, mirror="hypentropy",
+                          direction="adam", masks=masks)
+        else:
+            ref.mirror_step_(p64, g64, lr=0.01, alpha=50.0, beta=1e-2, masks=masks)
+    _assert_close(params, p64)
+    for got, want in zip(states, s64):
+        if got and got[0].dim() > 0:
+            _assert_close(got, want)
+
+
+def test_masks_low_precision_and_found_inf():
+    # bfloat16 params and state: masked-out lanes keep their 16 bits; found_inf skips all
+    params = _params(torch.bfloat16)
+    keep, masks = _masks(params, "bits", seed=2)
+    m, v, vmax, steps = _adam_state(params, False, torch.bfloat16)
+    before = _clone(params + m + v)
+    tri.ham_adam_(params, _grads(0, torch.bfloat16), m, v, vmax, steps, lr=0.01, alpha=1.0,
+                  masks=masks)
+    for got, old, k in zip(params + m + v, before, keep * 3):
+        assert torch.equal(got[~k].view(torch.int16), old[~k].view(torch.int16))
+    before = _clone(params + m + v + steps)
+    tri.ham_adam_(params, _grads(1, torch.bfloat16), m, v, vmax, steps, lr=0.01, alpha=1.0,
+                  masks=masks, found_inf=torch.tensor(1.0))
+    assert all(torch.equal(a, b) for a, b in zip(params + m + v + steps, before))
+
+
+def test_all_zero_and_all_one_masks():
+    params = _params()
+    grads = _grads(0)
+    before = _clone(params)
+    tri.mirror_step_(params, grads, lr=0.01, alpha=20.0,
+                     masks=[torch.zeros(p.shape, dtype=torch.bool) for p in params])
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
+    tri.mirror_step_(params, grads, lr=0.01, alpha=20.0,
+                     masks=[torch.full(((p.numel() + 7) // 8,), 255, dtype=torch.uint8)
+                            for p in params])
+    tri.mirror_step_(before, grads, lr=0.01, alpha=20.0)
+    assert all(torch.equal(a, b) for a, b in zip(params, before))
+
+
+def test_bad_masks():
+    p, g = [torch.randn(10)], [torch.randn(10)]
+    with pytest.raises(ValueError, match="masks"):
+        tri.mirror_step_(p, g, lr=0.1, alpha=1.0, masks=[torch.ones(9, dtype=torch.bool)])
+    with pytest.raises(ValueError, match="bit-packed"):
+        tri.mirror_step_(p, g, lr=0.1, alpha=1.0, masks=[torch.ones(10, dtype=torch.uint8)])
+    with pytest.raises(TypeError, match="masks"):
+        tri.mirror_step_(p, g, lr=0.1, alpha=1.0, masks=[torch.ones(10)])
+    with pytest.raises(ValueError, match="masks"):
+        tri.mirror_step_(p, g, lr=0.1, alpha=1.0, masks=[])

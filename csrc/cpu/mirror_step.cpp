@@ -39,6 +39,15 @@
 // mirror form and order); cheap flags (maximize, weight decay on/off, nesterov, first step,
 // direction) are loop-invariant bit-mask selects (see sel()), clamp on/off is c = inf.
 //
+// Dense masks (Masks, MaskKind::Bool or Bits): where the mask is 0 the param and every state
+// buffer keep their bits. The bodies take a MASKED template flag; masked, each store becomes a
+// bit select of the new and the old storage value (store_m), so the loop stays one vector loop,
+// and MaskKind::None instantiates exactly the unmasked code. Bit-packed masks are expanded to a
+// byte per element a 2048-element block at a time (for_mask_blocks). Measured, 10 × 2e6 fp32
+// AdamW (wd 0.01), 2 threads, best of 7 rounds on the shared machine: torch fused AdamW 8.9 ms;
+// ours unmasked 8.9, Bool mask 9.55 (1.08×), Bits 9.46 (1.07×); HAM-AdamW (exp, clamp 5) 9.2,
+// Bool 9.6 (1.08×), Bits 10.0 (1.13×).
+//
 // Parallelism: every tensor is cut into chunks of kChunk elements and the flattened
 // (tensor, chunk) list is run with an OpenMP dynamic loop, so one big tensor and a thousand small
 // ones both keep all cores busy. Without OpenMP the pragmas are ignored and it runs serially.
@@ -215,6 +224,44 @@ SPARSEOPT_AI C sel(MaskT<C> m, C a, C b) {
   return out;
 }
 
+// Dense masks. Where the mask is 0 the element's param and state keep their bits: every store
+// becomes "new value where on, old value elsewhere", a branch-free bit select on the storage
+// representation (the old value is what the loop loaded anyway), so the loop stays one straight
+// vector loop. Conditional stores would not vectorize for SSE/AVX2 (no masked byte/word stores
+// GCC uses there) and rewriting the unchanged bits is unobservable: a chunk belongs to one thread.
+template <class T>
+using RawT = typename std::conditional<
+    sizeof(T) == 8, uint64_t, typename std::conditional<sizeof(T) == 4, uint32_t, uint16_t>::type>::type;
+
+// `on ? a : b` on the bits (exact for NaN payloads and signed zeros). Only locals go through
+// memcpy: a memcpy on the tensor memory itself is a char-typed access that defeats __restrict__,
+// and GCC then gives up on the alias checks and does not vectorize the loop at all.
+template <class T>
+SPARSEOPT_AI T keep_sel(uint8_t on, T a, T b) {
+  using U = RawT<T>;
+  U ua, ub;
+  std::memcpy(&ua, &a, sizeof ua);
+  std::memcpy(&ub, &b, sizeof ub);
+  const U m = static_cast<U>(U(0) - static_cast<U>(on != 0));
+  const U r = static_cast<U>((ua & m) | (ub & static_cast<U>(~m)));
+  T out;
+  std::memcpy(&out, &r, sizeof out);
+  return out;
+}
+
+template <bool MASKED, class T, class C>
+SPARSEOPT_AI void store_m(T* dst, C x, uint8_t on) {
+  if constexpr (!MASKED) {
+    (void)on;
+    store(dst, x);
+  } else {
+    T nv;
+    store(&nv, x);
+    const T old = *dst;
+    *dst = keep_sel(on, nv, old);
+  }
+}
+
 template <class C>
 SPARSEOPT_AI C unscale(C g, C inv_scale, MaskT<C> maximize) {
   g = g * inv_scale;  // as GradScaler unscales (by the reciprocal); exact without AMP (1.0)
@@ -243,10 +290,11 @@ struct MirrorOnlyK {
   MirrorK<C> m;
 };
 
-template <class P, class S, class C, bool MOM, MirrorKind MK>
+template <class P, class S, class C, bool MOM, MirrorKind MK, bool MASKED>
 SPARSEOPT_AI void sgd_body(const SgdK<C> k, P* __restrict__ p, const P* __restrict__ g,
-                           S* __restrict__ buf, int64_t n) {
+                           S* __restrict__ buf, const uint8_t* __restrict__ on, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
+    const uint8_t o = MASKED ? on[i] : uint8_t(1);
     const C theta = static_cast<C>(widen(p[i]));
     const C gr = unscale(static_cast<C>(widen(g[i])), k.inv_scale, k.maximize);
     const C gb = sel(k.wd_on, gr + k.wd * theta, gr);
@@ -254,30 +302,31 @@ SPARSEOPT_AI void sgd_body(const SgdK<C> k, P* __restrict__ p, const P* __restri
     if constexpr (MOM) {
       const C b = static_cast<C>(widen(buf[i]));
       const C nb = sel(k.first_step, gb, k.mu * b + k.one_minus_damp * gb);
-      store(&buf[i], nb);
+      store_m<MASKED>(&buf[i], nb, o);
       d = sel(k.nesterov, gb + k.mu * nb, nb);
     }
     const C theta1 = theta - k.lr * d;
-    store(&p[i], mirror_apply<MK>(k.m, theta1, gr));
+    store_m<MASKED>(&p[i], mirror_apply<MK>(k.m, theta1, gr), o);
   }
 }
 
-template <class P, class S, class C, bool AMS, MirrorKind MK>
+template <class P, class S, class C, bool AMS, MirrorKind MK, bool MASKED>
 SPARSEOPT_AI void adam_body(const AdamK<C> k, P* __restrict__ p, const P* __restrict__ g,
                             S* __restrict__ m_, S* __restrict__ v_, S* __restrict__ vmax_,
-                            int64_t n) {
+                            const uint8_t* __restrict__ on, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
+    const uint8_t o = MASKED ? on[i] : uint8_t(1);
     C theta = static_cast<C>(widen(p[i]));
     const C gr = unscale(static_cast<C>(widen(g[i])), k.inv_scale, k.maximize);
     const C gb = sel(k.coupled, gr + k.wd * theta, gr);
     const C m = k.beta1 * static_cast<C>(widen(m_[i])) + k.one_minus_beta1 * gb;
     const C v = k.beta2 * static_cast<C>(widen(v_[i])) + k.one_minus_beta2 * gb * gb;
-    store(&m_[i], m);
-    store(&v_[i], v);
+    store_m<MASKED>(&m_[i], m, o);
+    store_m<MASKED>(&v_[i], v, o);
     C vd = v;
     if constexpr (AMS) {
       vd = nan_max(static_cast<C>(widen(vmax_[i])), v);
-      store(&vmax_[i], vd);
+      store_m<MASKED>(&vmax_[i], vd, o);
     }
     // One division per element: the bias corrections are multiplied as host reciprocals.
     const C denom = sqrt_c(vd) * k.inv_bc2_sqrt + k.eps;
@@ -287,17 +336,18 @@ SPARSEOPT_AI void adam_body(const AdamK<C> k, P* __restrict__ p, const P* __rest
     theta = sel(k.decoupled, theta * k.wd_decay, theta);
     C theta1 = theta - k.lr * u;
     if constexpr (is_after(MK)) theta1 = mirror_apply<MK>(k.m, theta1, d);
-    store(&p[i], theta1);
+    store_m<MASKED>(&p[i], theta1, o);
   }
 }
 
-template <class P, class C, MirrorKind MK>
+template <class P, class C, MirrorKind MK, bool MASKED>
 SPARSEOPT_AI void mirror_body(const MirrorOnlyK<C> k, P* __restrict__ p, const P* __restrict__ g,
-                              int64_t n) {
+                              const uint8_t* __restrict__ on, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
+    const uint8_t o = MASKED ? on[i] : uint8_t(1);
     const C theta = static_cast<C>(widen(p[i]));
     const C gr = unscale(static_cast<C>(widen(g[i])), k.inv_scale, k.maximize);
-    store(&p[i], mirror_apply<MK>(k.m, theta, gr));
+    store_m<MASKED>(&p[i], mirror_apply<MK>(k.m, theta, gr), o);
   }
 }
 
@@ -305,18 +355,20 @@ SPARSEOPT_AI void mirror_body(const MirrorOnlyK<C> k, P* __restrict__ p, const P
 // The bodies instantiated once per ISA. GCC inlines the (target-less) always_inline body into
 // the target-attributed wrapper before vectorizing, so the loop is vectorized for that ISA.
 #define SPARSEOPT_ISA_WRAPPERS(SUFFIX, ATTR)                                                   \
-  template <class P, class S, class C, bool MOM, MirrorKind MK>                                \
-  ATTR void sgd_##SUFFIX(const SgdK<C>& k, P* p, const P* g, S* buf, int64_t n) {              \
-    sgd_body<P, S, C, MOM, MK>(k, p, g, buf, n);                                               \
+  template <class P, class S, class C, bool MOM, MirrorKind MK, bool MASKED>                   \
+  ATTR void sgd_##SUFFIX(const SgdK<C>& k, P* p, const P* g, S* buf, const uint8_t* on,        \
+                         int64_t n) {                                                          \
+    sgd_body<P, S, C, MOM, MK, MASKED>(k, p, g, buf, on, n);                                   \
   }                                                                                            \
-  template <class P, class S, class C, bool AMS, MirrorKind MK>                                \
+  template <class P, class S, class C, bool AMS, MirrorKind MK, bool MASKED>                   \
   ATTR void adam_##SUFFIX(const AdamK<C>& k, P* p, const P* g, S* m, S* v, S* vmax,           \
-                          int64_t n) {                                                         \
-    adam_body<P, S, C, AMS, MK>(k, p, g, m, v, vmax, n);                                       \
+                          const uint8_t* on, int64_t n) {                                      \
+    adam_body<P, S, C, AMS, MK, MASKED>(k, p, g, m, v, vmax, on, n);                           \
   }                                                                                            \
-  template <class P, class C, MirrorKind MK>                                                   \
-  ATTR void mirror_##SUFFIX(const MirrorOnlyK<C>& k, P* p, const P* g, int64_t n) {            \
-    mirror_body<P, C, MK>(k, p, g, n);                                                         \
+  template <class P, class C, MirrorKind MK, bool MASKED>                                      \
+  ATTR void mirror_##SUFFIX(const MirrorOnlyK<C>& k, P* p, const P* g, const uint8_t* on,      \
+                            int64_t n) {                                                       \
+    mirror_body<P, C, MK, MASKED>(k, p, g, on, n);                                             \
   }
 
 // prefer-vector-width=512: GCC's generic tuning would otherwise settle for ymm under AVX-512.
@@ -327,41 +379,41 @@ SPARSEOPT_ISA_WRAPPERS(generic, )
 #undef SPARSEOPT_ISA_WRAPPERS
 
 template <class P, class S, class C>
-using SgdFn = void (*)(const SgdK<C>&, P*, const P*, S*, int64_t);
+using SgdFn = void (*)(const SgdK<C>&, P*, const P*, S*, const uint8_t*, int64_t);
 template <class P, class S, class C>
-using AdamFn = void (*)(const AdamK<C>&, P*, const P*, S*, S*, S*, int64_t);
+using AdamFn = void (*)(const AdamK<C>&, P*, const P*, S*, S*, S*, const uint8_t*, int64_t);
 template <class P, class C>
-using MirrorFn = void (*)(const MirrorOnlyK<C>&, P*, const P*, int64_t);
+using MirrorFn = void (*)(const MirrorOnlyK<C>&, P*, const P*, const uint8_t*, int64_t);
 
 // libm-bound variants (float64, hypentropy) exist for the generic ISA only.
 template <class C, MirrorKind MK>
 constexpr bool vectorizable() { return std::is_same<C, float>::value && !is_hyp(MK); }
 
-template <class P, class S, class C, bool MOM, MirrorKind MK>
+template <class P, class S, class C, bool MOM, MirrorKind MK, bool MASKED>
 SgdFn<P, S, C> sgd_fn(Isa isa) {
   if constexpr (vectorizable<C, MK>()) {
-    if (isa == Isa::Avx512) return &sgd_avx512<P, S, C, MOM, MK>;
-    if (isa == Isa::Avx2) return &sgd_avx2<P, S, C, MOM, MK>;
+    if (isa == Isa::Avx512) return &sgd_avx512<P, S, C, MOM, MK, MASKED>;
+    if (isa == Isa::Avx2) return &sgd_avx2<P, S, C, MOM, MK, MASKED>;
   }
-  return &sgd_generic<P, S, C, MOM, MK>;
+  return &sgd_generic<P, S, C, MOM, MK, MASKED>;
 }
 
-template <class P, class S, class C, bool AMS, MirrorKind MK>
+template <class P, class S, class C, bool AMS, MirrorKind MK, bool MASKED>
 AdamFn<P, S, C> adam_fn(Isa isa) {
   if constexpr (vectorizable<C, MK>()) {
-    if (isa == Isa::Avx512) return &adam_avx512<P, S, C, AMS, MK>;
-    if (isa == Isa::Avx2) return &adam_avx2<P, S, C, AMS, MK>;
+    if (isa == Isa::Avx512) return &adam_avx512<P, S, C, AMS, MK, MASKED>;
+    if (isa == Isa::Avx2) return &adam_avx2<P, S, C, AMS, MK, MASKED>;
   }
-  return &adam_generic<P, S, C, AMS, MK>;
+  return &adam_generic<P, S, C, AMS, MK, MASKED>;
 }
 
-template <class P, class C, MirrorKind MK>
+template <class P, class C, MirrorKind MK, bool MASKED>
 MirrorFn<P, C> mirror_fn(Isa isa) {
   if constexpr (vectorizable<C, MK>()) {
-    if (isa == Isa::Avx512) return &mirror_avx512<P, C, MK>;
-    if (isa == Isa::Avx2) return &mirror_avx2<P, C, MK>;
+    if (isa == Isa::Avx512) return &mirror_avx512<P, C, MK, MASKED>;
+    if (isa == Isa::Avx2) return &mirror_avx2<P, C, MK, MASKED>;
   }
-  return &mirror_generic<P, C, MK>;
+  return &mirror_generic<P, C, MK, MASKED>;
 }
 
 // Runtime MirrorKind -> template argument.
@@ -461,6 +513,54 @@ const T* at(const void* const* ptrs, const Item& it) {
   return static_cast<const T*>(ptrs[it.tensor]) + it.begin;
 }
 
+// Bit-packed masks are expanded into a byte per element, a block at a time, and the masked body
+// runs on the bytes: the body's per-element mask read stays a contiguous (vectorizable) byte
+// load, which `bits[i >> 3] >> (i & 7)` is not. The expansion is a 256-entry table, one 8-byte
+// load and store per 8 elements; a 2048-element block is 2 KB of stack, L1-resident, and long
+// enough that the body's call and prologue cost nothing. Item boundaries are multiples of kChunk
+// (and blocks of kMaskBlock), both multiples of 8, so a mask byte never straddles two items.
+constexpr int64_t kMaskBlock = 2048;
+static_assert(kChunk % 8 == 0 && kMaskBlock % 8 == 0 && kChunk % kMaskBlock == 0,
+              "mask bytes must not straddle work items");
+
+struct BitLut {
+  uint64_t v[256];
+  constexpr BitLut() : v() {
+    for (int b = 0; b < 256; ++b) {
+      uint64_t x = 0;
+      for (int j = 0; j < 8; ++j) x |= static_cast<uint64_t>((b >> j) & 1) << (8 * j);  // little-endian bytes
+      v[b] = x;
+    }
+  }
+};
+constexpr BitLut kBitLut{};
+
+// Runs f(on, offset, length) over the item: on = nullptr without a mask, the item's mask bytes
+// (Bool) or blocks of bytes expanded from the bits (Bits); offset is relative to it.begin.
+template <class F>
+void for_mask_blocks(const Masks& masks, const Item& it, F&& f) {
+  const int64_t n = it.end - it.begin;
+  if (masks.kind == MaskKind::None) return f(static_cast<const uint8_t*>(nullptr), int64_t(0), n);
+  const uint8_t* m = static_cast<const uint8_t*>(masks.data[it.tensor]);
+  if (masks.kind == MaskKind::Bool) return f(m + it.begin, int64_t(0), n);
+  alignas(64) uint8_t on[kMaskBlock];
+  for (int64_t off = 0; off < n; off += kMaskBlock) {
+    const int64_t len = n - off < kMaskBlock ? n - off : kMaskBlock;
+    const uint8_t* bits = m + (it.begin + off) / 8;
+    const int64_t nbytes = (len + 7) / 8;  // the tensor's last byte may be partly padding
+    for (int64_t b = 0; b < nbytes; ++b) std::memcpy(on + 8 * b, &kBitLut.v[bits[b]], 8);
+    f(static_cast<const uint8_t*>(on), off, len);
+  }
+}
+
+void check_masks(const Masks& masks) {
+  if (masks.kind != MaskKind::None && masks.kind != MaskKind::Bool &&
+      masks.kind != MaskKind::Bits)
+    throw std::invalid_argument("sparseopt CPU kernels: unknown mask kind");
+  if (masks.kind != MaskKind::None && masks.data == nullptr)
+    throw std::invalid_argument("sparseopt CPU kernels: masks.data is null");
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------
@@ -479,8 +579,11 @@ const char* set_cpu_isa_for_testing(const char* name) {
 
 void ham_sgd_cpu(const SgdConfig& cfg, double inv_grad_scale, ScalarType param_type,
                  ScalarType state_type, int64_t n_tensors, void* const* params,
-                 const void* const* grads, void* const* momentum_buffers, const int64_t* numels) {
+                 const void* const* grads, void* const* momentum_buffers, const int64_t* numels,
+                 Masks masks) {
   if (n_tensors <= 0) return;
+  check_masks(masks);
+  const bool masked = masks.kind != MaskKind::None;
   const Isa isa = current_isa();
   with_types(param_type, state_type, [&](auto ptag, auto stag) {
     using P = typename decltype(ptag)::type;
@@ -502,10 +605,15 @@ void ham_sgd_cpu(const SgdConfig& cfg, double inv_grad_scale, ScalarType param_t
       constexpr MirrorKind MK = decltype(mk)::value;
       if constexpr (!is_before(MK)) {  // SGD has no "before" order
         const SgdFn<P, S, C> fn =
-            mom ? sgd_fn<P, S, C, true, MK>(isa) : sgd_fn<P, S, C, false, MK>(isa);
+            masked ? (mom ? sgd_fn<P, S, C, true, MK, true>(isa)
+                          : sgd_fn<P, S, C, false, MK, true>(isa))
+                   : (mom ? sgd_fn<P, S, C, true, MK, false>(isa)
+                          : sgd_fn<P, S, C, false, MK, false>(isa));
         run_items(n_tensors, numels, [&](const Item& it) {
-          fn(k, at<P>(params, it), at<P>(grads, it),
-             mom ? at<S>(momentum_buffers, it) : nullptr, it.end - it.begin);
+          for_mask_blocks(masks, it, [&](const uint8_t* on, int64_t off, int64_t len) {
+            fn(k, at<P>(params, it) + off, at<P>(grads, it) + off,
+               mom ? at<S>(momentum_buffers, it) + off : nullptr, on, len);
+          });
         });
       }
     });
@@ -515,8 +623,11 @@ void ham_sgd_cpu(const SgdConfig& cfg, double inv_grad_scale, ScalarType param_t
 void ham_adam_cpu(const AdamConfig& cfg, double inv_grad_scale, ScalarType param_type,
                   ScalarType state_type, int64_t n_tensors, void* const* params,
                   const void* const* grads, void* const* exp_avgs, void* const* exp_avg_sqs,
-                  void* const* max_exp_avg_sqs, const double* steps, const int64_t* numels) {
+                  void* const* max_exp_avg_sqs, const double* steps, const int64_t* numels,
+                  Masks masks) {
   if (n_tensors <= 0) return;
+  check_masks(masks);
+  const bool masked = masks.kind != MaskKind::None;
   const Isa isa = current_isa();
   with_types(param_type, state_type, [&](auto ptag, auto stag) {
     using P = typename decltype(ptag)::type;
@@ -546,13 +657,18 @@ void ham_adam_cpu(const AdamConfig& cfg, double inv_grad_scale, ScalarType param
       ks[t].inv_bc2_sqrt = static_cast<C>(1.0 / std::sqrt(1.0 - std::pow(cfg.beta2, steps[t])));
     }
     with_mirror_kind(mirror_kind(cfg.mirror, true), [&](auto mk) {
+      constexpr MirrorKind MK = decltype(mk)::value;
       const AdamFn<P, S, C> fn =
-          cfg.amsgrad ? adam_fn<P, S, C, true, decltype(mk)::value>(isa)
-                      : adam_fn<P, S, C, false, decltype(mk)::value>(isa);
+          masked ? (cfg.amsgrad ? adam_fn<P, S, C, true, MK, true>(isa)
+                                : adam_fn<P, S, C, false, MK, true>(isa))
+                 : (cfg.amsgrad ? adam_fn<P, S, C, true, MK, false>(isa)
+                                : adam_fn<P, S, C, false, MK, false>(isa));
       run_items(n_tensors, numels, [&](const Item& it) {
-        fn(ks[it.tensor], at<P>(params, it), at<P>(grads, it), at<S>(exp_avgs, it),
-           at<S>(exp_avg_sqs, it), cfg.amsgrad ? at<S>(max_exp_avg_sqs, it) : nullptr,
-           it.end - it.begin);
+        for_mask_blocks(masks, it, [&](const uint8_t* on, int64_t off, int64_t len) {
+          fn(ks[it.tensor], at<P>(params, it) + off, at<P>(grads, it) + off,
+             at<S>(exp_avgs, it) + off, at<S>(exp_avg_sqs, it) + off,
+             cfg.amsgrad ? at<S>(max_exp_avg_sqs, it) + off : nullptr, on, len);
+        });
       });
     });
   });
@@ -560,8 +676,10 @@ void ham_adam_cpu(const AdamConfig& cfg, double inv_grad_scale, ScalarType param
 
 void mirror_step_cpu(const MirrorStepConfig& cfg, double inv_grad_scale, ScalarType param_type,
                      int64_t n_tensors, void* const* params, const void* const* grads,
-                     const int64_t* numels) {
+                     const int64_t* numels, Masks masks) {
   if (n_tensors <= 0 || !cfg.mirror.enabled()) return;  // α = β = 0: θ is left untouched
+  check_masks(masks);
+  const bool masked = masks.kind != MaskKind::None;
   const Isa isa = current_isa();
   with_types(param_type, param_type, [&](auto ptag, auto) {
     using P = typename decltype(ptag)::type;
@@ -575,9 +693,12 @@ void mirror_step_cpu(const MirrorStepConfig& cfg, double inv_grad_scale, ScalarT
     with_mirror_kind(kind, [&](auto mk) {
       constexpr MirrorKind MK = decltype(mk)::value;
       if constexpr (MK == MirrorKind::ExpAfter || MK == MirrorKind::HypAfter) {
-        const MirrorFn<P, C> fn = mirror_fn<P, C, MK>(isa);
+        const MirrorFn<P, C> fn =
+            masked ? mirror_fn<P, C, MK, true>(isa) : mirror_fn<P, C, MK, false>(isa);
         run_items(n_tensors, numels, [&](const Item& it) {
-          fn(k, at<P>(params, it), at<P>(grads, it), it.end - it.begin);
+          for_mask_blocks(masks, it, [&](const uint8_t* on, int64_t off, int64_t len) {
+            fn(k, at<P>(params, it) + off, at<P>(grads, it) + off, on, len);
+          });
         });
       }
     });

@@ -25,6 +25,17 @@
 //   SGD without momentum and the standalone mirror step: 12 B/element.
 // 16-bit params/grads (bf16, fp16) halve their share; 16-bit state halves the state's.
 //
+// Dense masks (optional, one uint8 tensor per param): Bool, one byte per element, or Bits,
+// element e is bit e % 8 of byte e / 8. Where the mask is 0 the param and all its state keep
+// their bits. The masked kernels are separate instantiations (the unmasked ones are unchanged):
+// a vector first reads its mask bits (Bits: one byte covers 8 elements, so a 4-element float32
+// vector takes a nibble of one byte; chunk starts are multiples of 65536, so a chunk's mask
+// starts on a byte), skips everything when they are all 0, and otherwise merges old and new
+// values per element in the storage type (raw bits, no float round trip) before its full-width
+// stores. Extra traffic: 1/8 B/element (Bits) or 1 B/element (Bool) over the 28 B of AdamW, and
+// vectors that are entirely masked out cost nothing but their mask. One exception: SGD's first
+// step must read the momentum buffer of partially masked vectors to keep the masked-out bits.
+//
 // Vector width: every thread moves 16 bytes of the narrowest stream per iteration (4 float32 or
 // 8 bf16/fp16 elements; a float32 state stream then takes two 16-byte accesses), which gives
 // 128-bit LDG/STG when all pointers of a tensor are 16-byte aligned; otherwise, and for the last
@@ -121,6 +132,85 @@ __device__ __forceinline__ void store(T* p, const float (&in)[N]) {
       reinterpret_cast<uint4*>(p)[w] = reinterpret_cast<const uint4*>(raw)[w];
     }
   }
+}
+
+// Raw storage values, for the masked kernels: masked-out elements are stored back with exactly
+// the bits that were loaded (a float round trip of a 16-bit NaN need not keep its payload).
+template <int N, typename T>
+__device__ __forceinline__ void load_raw(const T* p, T (&raw)[N]) {
+  if constexpr (N == 1) {
+    raw[0] = *p;
+  } else {
+    static_assert((N * sizeof(T)) % 16 == 0, "vector accesses are 16 bytes");
+#pragma unroll
+    for (int w = 0; w < static_cast<int>(N * sizeof(T) / 16); ++w) {
+      reinterpret_cast<uint4*>(raw)[w] = reinterpret_cast<const uint4*>(p)[w];
+    }
+  }
+}
+
+template <int N, typename T>
+__device__ __forceinline__ void store_raw(T* p, const T (&raw)[N]) {
+  if constexpr (N == 1) {
+    *p = raw[0];
+  } else {
+    static_assert((N * sizeof(T)) % 16 == 0, "vector accesses are 16 bytes");
+#pragma unroll
+    for (int w = 0; w < static_cast<int>(N * sizeof(T) / 16); ++w) {
+      reinterpret_cast<uint4*>(p)[w] = reinterpret_cast<const uint4*>(raw)[w];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense masks.
+
+enum MaskMode : int { kMaskNone = 0, kMaskBool = 1, kMaskBits = 2 };
+
+// Mask bits of the N elements at chunk offset `off` (bit k = element off + k), N in {1, 4, 8}.
+// `mask` points at the chunk's first mask byte (Bool) or at the byte of its first element
+// (Bits; chunk starts are multiples of 8). Vectors start at multiples of N, so a Bits vector
+// never straddles a byte; a Bool vector is one 4- or 8-byte load (the caller checks alignment).
+template <int kMask, int N>
+__device__ __forceinline__ uint32_t mask_bits(const uint8_t* mask, int off) {
+  static_assert(N == 1 || N == 4 || N == 8, "vector widths are 1, 4 or 8 elements");
+  if constexpr (kMask == kMaskBits) {
+    const uint32_t byte = mask[off >> 3];
+    return (byte >> (off & 7)) & ((1u << N) - 1u);
+  } else {
+    static_assert(kMask == kMaskBool, "no bits without a mask");
+    if constexpr (N == 1) {
+      return mask[off] != 0 ? 1u : 0u;
+    } else {
+      uint32_t words[N / 4];
+      if constexpr (N == 4) {
+        words[0] = *reinterpret_cast<const uint32_t*>(mask + off);
+      } else {
+        const uint2 w = *reinterpret_cast<const uint2*>(mask + off);
+        words[0] = w.x;
+        words[1] = w.y;
+      }
+      uint32_t bits = 0;
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        bits |= (((words[k / 4] >> (8 * (k % 4))) & 0xffu) != 0 ? 1u : 0u) << k;
+      }
+      return bits;
+    }
+  }
+}
+
+// The masked kernels' vectorization needs a Bool mask aligned like its vector (N bytes).
+template <int kMask, int N>
+__device__ __forceinline__ bool mask_aligned(const uint8_t* mask) {
+  return kMask != kMaskBool || (reinterpret_cast<uintptr_t>(mask) % N) == 0;
+}
+
+// Chunk's first mask byte.
+template <int kMask>
+__device__ __forceinline__ const uint8_t* chunk_mask(const void* mask, int64_t chunk_begin) {
+  const uint8_t* m = static_cast<const uint8_t*>(mask);
+  return kMask == kMaskBits ? m + chunk_begin / 8 : m + chunk_begin;
 }
 
 // Elements per vector iteration: 16 bytes of the param dtype (state is as wide or wider).
@@ -237,27 +327,49 @@ struct MirrorOnlyParams {
   Common common;
 };
 
-// Pointer lists per kernel: SGD {θ, g, b}, Adam {θ, g, m, v, v̂}, mirror step {θ, g}.
-constexpr int kSgdCap = mt::batch_capacity<3, false>(sizeof(SgdParams));
-constexpr int kAdamCap = mt::batch_capacity<5, true>(sizeof(AdamParams));
-constexpr int kMirrorCap = mt::batch_capacity<2, false>(sizeof(MirrorOnlyParams));
+// Pointer lists per kernel: SGD {θ, g, b}, Adam {θ, g, m, v, v̂}, mirror step {θ, g}; the masked
+// kernels append the mask pointer as the last list (so their launches hold fewer tensors).
+constexpr int kSgdDepth = 3;
+constexpr int kAdamDepth = 5;
+constexpr int kMirrorDepth = 2;
+template <bool kMasked>
+constexpr int kSgdCap = mt::batch_capacity<kSgdDepth + kMasked, false>(sizeof(SgdParams));
+template <bool kMasked>
+constexpr int kAdamCap = mt::batch_capacity<kAdamDepth + kMasked, true>(sizeof(AdamParams));
+template <bool kMasked>
+constexpr int kMirrorCap =
+    mt::batch_capacity<kMirrorDepth + kMasked, false>(sizeof(MirrorOnlyParams));
 
-struct SgdArgs {
+template <bool kMasked>
+struct SgdArgsT {
   SgdParams p;
-  mt::TensorBatch<3, kSgdCap, false> batch;
+  mt::TensorBatch<kSgdDepth + kMasked, kSgdCap<kMasked>, false> batch;
 };
-struct AdamArgs {
+template <bool kMasked>
+struct AdamArgsT {
   AdamParams p;
-  mt::TensorBatch<5, kAdamCap, true> batch;
+  mt::TensorBatch<kAdamDepth + kMasked, kAdamCap<kMasked>, true> batch;
 };
-struct MirrorArgs {
+template <bool kMasked>
+struct MirrorArgsT {
   MirrorOnlyParams p;
-  mt::TensorBatch<2, kMirrorCap, false> batch;
+  mt::TensorBatch<kMirrorDepth + kMasked, kMirrorCap<kMasked>, false> batch;
 };
+using SgdArgs = SgdArgsT<false>;
+using AdamArgs = AdamArgsT<false>;
+using MirrorArgs = MirrorArgsT<false>;
 static_assert(sizeof(SgdArgs) <= mt::kMaxKernelParamBytes, "SGD kernel arguments too large");
 static_assert(sizeof(AdamArgs) <= mt::kMaxKernelParamBytes, "Adam kernel arguments too large");
 static_assert(sizeof(MirrorArgs) <= mt::kMaxKernelParamBytes, "mirror kernel arguments too large");
-static_assert(kAdamCap >= 500 && kSgdCap >= 850 && kMirrorCap >= 1100, "unexpected capacities");
+static_assert(sizeof(SgdArgsT<true>) <= mt::kMaxKernelParamBytes, "SGD kernel arguments too large");
+static_assert(sizeof(AdamArgsT<true>) <= mt::kMaxKernelParamBytes,
+              "Adam kernel arguments too large");
+static_assert(sizeof(MirrorArgsT<true>) <= mt::kMaxKernelParamBytes,
+              "mirror kernel arguments too large");
+static_assert(kAdamCap<false> >= 500 && kSgdCap<false> >= 850 && kMirrorCap<false> >= 1100,
+              "unexpected capacities");
+static_assert(kAdamCap<true> >= 440 && kSgdCap<true> >= 720 && kMirrorCap<true> >= 900,
+              "unexpected capacities");
 
 // Per-block values common to all kernels. Returns false when found_inf is set: the block then
 // writes nothing (AMP skips the step without a host synchronization).
@@ -288,11 +400,65 @@ template <int N>
 using Width = std::integral_constant<int, N>;
 
 // ---------------------------------------------------------------------------------------------
-// Kernels. One block = one chunk of one tensor; see multi_tensor.cuh.
+// Kernels. One block = one chunk of one tensor; see multi_tensor.cuh. Each kernel has an
+// unmasked body (kMask == kMaskNone) and a masked one. The masked bodies take the per-element
+// math from sgd_element / adam_element, which repeat the unmasked bodies' formulas verbatim; the
+// unmasked bodies keep them inline so that they compile to exactly the code they had before
+// masks existed (factoring them out reorders flag loads and FMA operands in the PTX).
 
-template <typename P, typename S, int kMirror>
+template <int kMirror>
+__device__ __forceinline__ float sgd_element(const SgdParams& sp, const BlockCommon& bc,
+                                             float th, float grad, float& b) {
+  const float gk = unscale(grad, bc, sp.common.maximize);
+  const float gb = sp.has_weight_decay ? gk + sp.weight_decay * th : gk;
+  float d = gb;
+  if (sp.has_momentum) {
+    b = sp.first_step ? gb : sp.momentum * b + sp.one_minus_dampening * gb;
+    d = sp.nesterov ? gb + sp.momentum * b : b;
+  }
+  return mirror<kMirror>(th - bc.eta * d, gk, bc.mc);
+}
+
+// Per-block Adam values: bias corrections and the decoupled decay factor.
+struct AdamBlock {
+  float bc1;
+  float bc2_sqrt;
+  float decay_factor;
+};
+
+template <int kMirror, bool kAmsgrad>
+__device__ __forceinline__ float adam_element(const AdamParams& ap, const BlockCommon& bc,
+                                              const AdamBlock& ab, float th, float grad,
+                                              float& m, float& v, float& vmax) {
+  const float gk = unscale(grad, bc, ap.common.maximize);
+  const float gb = ap.coupled_weight_decay ? gk + ap.weight_decay * th : gk;
+  m = ap.beta1 * m + ap.one_minus_beta1 * gb;
+  v = ap.beta2 * v + ap.one_minus_beta2 * gb * gb;
+  float second = v;
+  if constexpr (kAmsgrad) {
+    vmax = max_nan(vmax, v);
+    second = vmax;
+  }
+  const float denom = sqrtf(second) / ab.bc2_sqrt + ap.eps;
+  const float u = (m / ab.bc1) / denom;
+  const float d = ap.direction_update ? u : gk;
+  // One mirror call for both orders (keeps the unrolled body small).
+  float x = th;
+  if (!ap.order_before) {
+    if (ap.decoupled_weight_decay) x = x * ab.decay_factor;
+    x = x - bc.eta * u;
+  }
+  x = mirror<kMirror>(x, d, bc.mc);
+  if (ap.order_before) {
+    if (ap.decoupled_weight_decay) x = x * ab.decay_factor;
+    x = x - bc.eta * u;
+  }
+  return x;
+}
+
+template <typename P, typename S, int kMirror, int kMask>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
-    ham_sgd_kernel(const __grid_constant__ SgdArgs args) {
+    ham_sgd_kernel(const __grid_constant__ SgdArgsT<kMask != kMaskNone> args) {
   const SgdParams& sp = args.p;
   BlockCommon bc;
   if (!block_common(sp.common, bc)) return;
@@ -302,37 +468,70 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
   S* const buf = sp.has_momentum ? static_cast<S*>(args.batch.ptrs[2][ref.tensor]) + ref.begin
                                  : nullptr;
   const bool read_buf = sp.has_momentum && !sp.first_step;
-  const bool vectorized =
+  constexpr int kVec = kVecOf<P>;
+  bool vectorized =
       mt::aligned16(param) && mt::aligned16(grad) && (!sp.has_momentum || mt::aligned16(buf));
 
-  auto apply = [&](auto width, int off) {
-    constexpr int N = decltype(width)::value;
-    float th[N], g[N], b[N];
-    load<N>(param + off, th);
-    load<N>(grad + off, g);
-    if (read_buf) load<N>(buf + off, b);
+  if constexpr (kMask == kMaskNone) {
+    auto apply = [&](auto width, int off) {
+      constexpr int N = decltype(width)::value;
+      float th[N], g[N], b[N];
+      load<N>(param + off, th);
+      load<N>(grad + off, g);
+      if (read_buf) load<N>(buf + off, b);
 #pragma unroll
-    for (int k = 0; k < N; ++k) {
-      const float gk = unscale(g[k], bc, sp.common.maximize);
-      const float gb = sp.has_weight_decay ? gk + sp.weight_decay * th[k] : gk;
-      float d = gb;
-      if (sp.has_momentum) {
-        b[k] = sp.first_step ? gb : sp.momentum * b[k] + sp.one_minus_dampening * gb;
-        d = sp.nesterov ? gb + sp.momentum * b[k] : b[k];
+      for (int k = 0; k < N; ++k) {
+        const float gk = unscale(g[k], bc, sp.common.maximize);
+        const float gb = sp.has_weight_decay ? gk + sp.weight_decay * th[k] : gk;
+        float d = gb;
+        if (sp.has_momentum) {
+          b[k] = sp.first_step ? gb : sp.momentum * b[k] + sp.one_minus_dampening * gb;
+          d = sp.nesterov ? gb + sp.momentum * b[k] : b[k];
+        }
+        th[k] = mirror<kMirror>(th[k] - bc.eta * d, gk, bc.mc);
       }
-      th[k] = mirror<kMirror>(th[k] - bc.eta * d, gk, bc.mc);
-    }
-    if (sp.has_momentum) store<N>(buf + off, b);
-    store<N>(param + off, th);
-  };
-  mt::for_each_in_chunk<kVecOf<P>>(
-      ref.len, vectorized, threadIdx.x, kBlockThreads,
-      [&](int off) { apply(Width<kVecOf<P>>{}, off); }, [&](int off) { apply(Width<1>{}, off); });
+      if (sp.has_momentum) store<N>(buf + off, b);
+      store<N>(param + off, th);
+    };
+    mt::for_each_in_chunk<kVec>(
+        ref.len, vectorized, threadIdx.x, kBlockThreads,
+        [&](int off) { apply(Width<kVec>{}, off); }, [&](int off) { apply(Width<1>{}, off); });
+  } else {
+    const uint8_t* const mask = chunk_mask<kMask>(args.batch.ptrs[kSgdDepth][ref.tensor],
+                                                  ref.begin);
+    vectorized = vectorized && mask_aligned<kMask, kVec>(mask);
+    auto apply = [&](auto width, int off) {
+      constexpr int N = decltype(width)::value;
+      const uint32_t bits = mask_bits<kMask, N>(mask, off);
+      if (bits == 0) return;  // all masked out: nothing to read or write
+      alignas(16) P th[N];
+      alignas(16) P g[N];
+      alignas(16) S b[N] = {};
+      load_raw<N>(param + off, th);
+      load_raw<N>(grad + off, g);
+      // The first step does not read the buffer, except to keep its masked-out bits.
+      if (read_buf || (sp.has_momentum && bits != (1u << N) - 1u)) load_raw<N>(buf + off, b);
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        float bk = to_float(b[k]);
+        const float x = sgd_element<kMirror>(sp, bc, to_float(th[k]), to_float(g[k]), bk);
+        if ((bits >> k) & 1u) {
+          th[k] = from_float<P>(x);
+          b[k] = from_float<S>(bk);
+        }
+      }
+      if (sp.has_momentum) store_raw<N>(buf + off, b);
+      store_raw<N>(param + off, th);
+    };
+    mt::for_each_in_chunk<kVec>(
+        ref.len, vectorized, threadIdx.x, kBlockThreads,
+        [&](int off) { apply(Width<kVec>{}, off); }, [&](int off) { apply(Width<1>{}, off); });
+  }
 }
 
-template <typename P, typename S, int kMirror, bool kAmsgrad>
+template <typename P, typename S, int kMirror, bool kAmsgrad, int kMask>
 __global__ void __launch_bounds__(kBlockThreads, (kAdamMinBlocksPerSm<P, kAmsgrad>))
-    ham_adam_kernel(const __grid_constant__ AdamArgs args) {
+    ham_adam_kernel(const __grid_constant__ AdamArgsT<kMask != kMaskNone> args) {
   const AdamParams& ap = args.p;
   BlockCommon bc;
   if (!block_common(ap.common, bc)) return;
@@ -343,9 +542,10 @@ __global__ void __launch_bounds__(kBlockThreads, (kAdamMinBlocksPerSm<P, kAmsgra
   S* const exp_avg = static_cast<S*>(args.batch.ptrs[2][t]) + ref.begin;
   S* const exp_avg_sq = static_cast<S*>(args.batch.ptrs[3][t]) + ref.begin;
   S* const max_exp_avg_sq = kAmsgrad ? static_cast<S*>(args.batch.ptrs[4][t]) + ref.begin : nullptr;
-  const bool vectorized = mt::aligned16(param) && mt::aligned16(grad) &&
-                          mt::aligned16(exp_avg) && mt::aligned16(exp_avg_sq) &&
-                          (!kAmsgrad || mt::aligned16(max_exp_avg_sq));
+  constexpr int kVec = kVecOf<P>;
+  bool vectorized = mt::aligned16(param) && mt::aligned16(grad) &&
+                    mt::aligned16(exp_avg) && mt::aligned16(exp_avg_sq) &&
+                    (!kAmsgrad || mt::aligned16(max_exp_avg_sq));
 
   // Bias corrections, once per block: the reference computes float(β)^step in float32; the
   // double pow of the same float32 operands rounds to (nearly always) the correctly rounded value.
@@ -356,77 +556,146 @@ __global__ void __launch_bounds__(kBlockThreads, (kAdamMinBlocksPerSm<P, kAmsgra
   const float decay_factor =
       ap.common.scalars.lr != nullptr ? 1.0f - bc.eta * ap.weight_decay : ap.host_decay_factor;
 
-  auto apply = [&](auto width, int off) {
-    constexpr int N = decltype(width)::value;
-    float th[N], g[N], m[N], v[N];
-    [[maybe_unused]] float vmax[N];
-    load<N>(param + off, th);
-    load<N>(grad + off, g);
-    load<N>(exp_avg + off, m);
-    load<N>(exp_avg_sq + off, v);
-    if constexpr (kAmsgrad) load<N>(max_exp_avg_sq + off, vmax);
+  if constexpr (kMask == kMaskNone) {
+    auto apply = [&](auto width, int off) {
+      constexpr int N = decltype(width)::value;
+      float th[N], g[N], m[N], v[N];
+      [[maybe_unused]] float vmax[N];
+      load<N>(param + off, th);
+      load<N>(grad + off, g);
+      load<N>(exp_avg + off, m);
+      load<N>(exp_avg_sq + off, v);
+      if constexpr (kAmsgrad) load<N>(max_exp_avg_sq + off, vmax);
 #pragma unroll
-    for (int k = 0; k < N; ++k) {
-      const float gk = unscale(g[k], bc, ap.common.maximize);
-      const float gb = ap.coupled_weight_decay ? gk + ap.weight_decay * th[k] : gk;
-      m[k] = ap.beta1 * m[k] + ap.one_minus_beta1 * gb;
-      v[k] = ap.beta2 * v[k] + ap.one_minus_beta2 * gb * gb;
-      float second = v[k];
-      if constexpr (kAmsgrad) {
-        vmax[k] = max_nan(vmax[k], v[k]);
-        second = vmax[k];
+      for (int k = 0; k < N; ++k) {
+        const float gk = unscale(g[k], bc, ap.common.maximize);
+        const float gb = ap.coupled_weight_decay ? gk + ap.weight_decay * th[k] : gk;
+        m[k] = ap.beta1 * m[k] + ap.one_minus_beta1 * gb;
+        v[k] = ap.beta2 * v[k] + ap.one_minus_beta2 * gb * gb;
+        float second = v[k];
+        if constexpr (kAmsgrad) {
+          vmax[k] = max_nan(vmax[k], v[k]);
+          second = vmax[k];
+        }
+        const float denom = sqrtf(second) / bc2_sqrt + ap.eps;
+        const float u = (m[k] / bc1) / denom;
+        const float d = ap.direction_update ? u : gk;
+        // One mirror call for both orders (keeps the unrolled body small).
+        float x = th[k];
+        if (!ap.order_before) {
+          if (ap.decoupled_weight_decay) x = x * decay_factor;
+          x = x - bc.eta * u;
+        }
+        x = mirror<kMirror>(x, d, bc.mc);
+        if (ap.order_before) {
+          if (ap.decoupled_weight_decay) x = x * decay_factor;
+          x = x - bc.eta * u;
+        }
+        th[k] = x;
       }
-      const float denom = sqrtf(second) / bc2_sqrt + ap.eps;
-      const float u = (m[k] / bc1) / denom;
-      const float d = ap.direction_update ? u : gk;
-      // One mirror call for both orders (keeps the unrolled body small).
-      float x = th[k];
-      if (!ap.order_before) {
-        if (ap.decoupled_weight_decay) x = x * decay_factor;
-        x = x - bc.eta * u;
+      store<N>(exp_avg + off, m);
+      store<N>(exp_avg_sq + off, v);
+      if constexpr (kAmsgrad) store<N>(max_exp_avg_sq + off, vmax);
+      store<N>(param + off, th);
+    };
+    mt::for_each_in_chunk<kVec>(
+        ref.len, vectorized, threadIdx.x, kBlockThreads,
+        [&](int off) { apply(Width<kVec>{}, off); }, [&](int off) { apply(Width<1>{}, off); });
+  } else {
+    const uint8_t* const mask = chunk_mask<kMask>(args.batch.ptrs[kAdamDepth][t], ref.begin);
+    vectorized = vectorized && mask_aligned<kMask, kVec>(mask);
+    const AdamBlock ab = {bc1, bc2_sqrt, decay_factor};
+    auto apply = [&](auto width, int off) {
+      constexpr int N = decltype(width)::value;
+      const uint32_t bits = mask_bits<kMask, N>(mask, off);
+      if (bits == 0) return;  // all masked out: nothing to read or write
+      alignas(16) P th[N];
+      alignas(16) P g[N];
+      alignas(16) S m[N];
+      alignas(16) S v[N];
+      [[maybe_unused]] alignas(16) S vmax[N];
+      load_raw<N>(param + off, th);
+      load_raw<N>(grad + off, g);
+      load_raw<N>(exp_avg + off, m);
+      load_raw<N>(exp_avg_sq + off, v);
+      if constexpr (kAmsgrad) load_raw<N>(max_exp_avg_sq + off, vmax);
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        float mk = to_float(m[k]);
+        float vk = to_float(v[k]);
+        float vmaxk = 0.0f;
+        if constexpr (kAmsgrad) vmaxk = to_float(vmax[k]);
+        const float x = adam_element<kMirror, kAmsgrad>(ap, bc, ab, to_float(th[k]),
+                                                        to_float(g[k]), mk, vk, vmaxk);
+        if ((bits >> k) & 1u) {
+          th[k] = from_float<P>(x);
+          m[k] = from_float<S>(mk);
+          v[k] = from_float<S>(vk);
+          if constexpr (kAmsgrad) vmax[k] = from_float<S>(vmaxk);
+        }
       }
-      x = mirror<kMirror>(x, d, bc.mc);
-      if (ap.order_before) {
-        if (ap.decoupled_weight_decay) x = x * decay_factor;
-        x = x - bc.eta * u;
-      }
-      th[k] = x;
-    }
-    store<N>(exp_avg + off, m);
-    store<N>(exp_avg_sq + off, v);
-    if constexpr (kAmsgrad) store<N>(max_exp_avg_sq + off, vmax);
-    store<N>(param + off, th);
-  };
-  mt::for_each_in_chunk<kVecOf<P>>(
-      ref.len, vectorized, threadIdx.x, kBlockThreads,
-      [&](int off) { apply(Width<kVecOf<P>>{}, off); }, [&](int off) { apply(Width<1>{}, off); });
+      store_raw<N>(exp_avg + off, m);
+      store_raw<N>(exp_avg_sq + off, v);
+      if constexpr (kAmsgrad) store_raw<N>(max_exp_avg_sq + off, vmax);
+      store_raw<N>(param + off, th);
+    };
+    mt::for_each_in_chunk<kVec>(
+        ref.len, vectorized, threadIdx.x, kBlockThreads,
+        [&](int off) { apply(Width<kVec>{}, off); }, [&](int off) { apply(Width<1>{}, off); });
+  }
 }
 
-template <typename P, int kMirror>
+template <typename P, int kMirror, int kMask>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
-    mirror_step_kernel(const __grid_constant__ MirrorArgs args) {
+    mirror_step_kernel(const __grid_constant__ MirrorArgsT<kMask != kMaskNone> args) {
   const Common& cp = args.p.common;
   BlockCommon bc;
   if (!block_common(cp, bc)) return;
   const ChunkRef ref = mt::locate_chunk(args.batch, blockIdx.x);
   P* const param = static_cast<P*>(args.batch.ptrs[0][ref.tensor]) + ref.begin;
   const P* const grad = static_cast<const P*>(args.batch.ptrs[1][ref.tensor]) + ref.begin;
-  const bool vectorized = mt::aligned16(param) && mt::aligned16(grad);
+  constexpr int kVec = kVecOf<P>;
+  bool vectorized = mt::aligned16(param) && mt::aligned16(grad);
 
-  auto apply = [&](auto width, int off) {
-    constexpr int N = decltype(width)::value;
-    float th[N], g[N];
-    load<N>(param + off, th);
-    load<N>(grad + off, g);
+  if constexpr (kMask == kMaskNone) {
+    auto apply = [&](auto width, int off) {
+      constexpr int N = decltype(width)::value;
+      float th[N], g[N];
+      load<N>(param + off, th);
+      load<N>(grad + off, g);
 #pragma unroll
-    for (int k = 0; k < N; ++k) {
-      th[k] = mirror<kMirror>(th[k], unscale(g[k], bc, cp.maximize), bc.mc);
-    }
-    store<N>(param + off, th);
-  };
-  mt::for_each_in_chunk<kVecOf<P>>(
-      ref.len, vectorized, threadIdx.x, kBlockThreads,
-      [&](int off) { apply(Width<kVecOf<P>>{}, off); }, [&](int off) { apply(Width<1>{}, off); });
+      for (int k = 0; k < N; ++k) {
+        th[k] = mirror<kMirror>(th[k], unscale(g[k], bc, cp.maximize), bc.mc);
+      }
+      store<N>(param + off, th);
+    };
+    mt::for_each_in_chunk<kVec>(
+        ref.len, vectorized, threadIdx.x, kBlockThreads,
+        [&](int off) { apply(Width<kVec>{}, off); }, [&](int off) { apply(Width<1>{}, off); });
+  } else {
+    const uint8_t* const mask = chunk_mask<kMask>(args.batch.ptrs[kMirrorDepth][ref.tensor],
+                                                  ref.begin);
+    vectorized = vectorized && mask_aligned<kMask, kVec>(mask);
+    auto apply = [&](auto width, int off) {
+      constexpr int N = decltype(width)::value;
+      const uint32_t bits = mask_bits<kMask, N>(mask, off);
+      if (bits == 0) return;  // all masked out: nothing to read or write
+      alignas(16) P th[N];
+      alignas(16) P g[N];
+      load_raw<N>(param + off, th);
+      load_raw<N>(grad + off, g);
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        const float x =
+            mirror<kMirror>(to_float(th[k]), unscale(to_float(g[k]), bc, cp.maximize), bc.mc);
+        if ((bits >> k) & 1u) th[k] = from_float<P>(x);
+      }
+      store_raw<N>(param + off, th);
+    };
+    mt::for_each_in_chunk<kVec>(
+        ref.len, vectorized, threadIdx.x, kBlockThreads,
+        [&](int off) { apply(Width<kVec>{}, off); }, [&](int off) { apply(Width<1>{}, off); });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -521,43 +790,75 @@ cudaError_t launch(void (*kernel)(Args), const Args& args, uint32_t blocks,
   return cudaGetLastError();
 }
 
+// f(Width<kMask>) for the mask kind. Invalid kinds were rejected by valid_masks.
+template <class F>
+cudaError_t dispatch_mask(MaskKind kind, F&& f) {
+  switch (kind) {
+    case MaskKind::None:
+      return f(Width<kMaskNone>{});
+    case MaskKind::Bool:
+      return f(Width<kMaskBool>{});
+    case MaskKind::Bits:
+      return f(Width<kMaskBits>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+// A known kind, and with a mask a non-null pointer for every tensor with elements.
+bool valid_masks(const Masks& masks, int64_t n_tensors, const int64_t* numels) {
+  if (masks.kind == MaskKind::None) return true;
+  if (masks.kind != MaskKind::Bool && masks.kind != MaskKind::Bits) return false;
+  return valid_tensors(n_tensors, numels, {masks.data});
+}
+
 }  // namespace
 
 cudaError_t ham_sgd_cuda(const SgdConfig& cfg, DeviceScalars scalars, ScalarType param_type,
                          ScalarType state_type, int64_t n_tensors, void* const* params,
                          const void* const* grads, void* const* momentum_buffers,
-                         const int64_t* numels, cudaStream_t stream) {
+                         const int64_t* numels, cudaStream_t stream, Masks masks) {
   const bool has_momentum = cfg.momentum != 0.0;
   const bool ok = has_momentum ? valid_tensors(n_tensors, numels,
                                                {params, grads, momentum_buffers})
                                : valid_tensors(n_tensors, numels, {params, grads});
-  if (!ok || !valid_mirror(cfg.mirror)) return cudaErrorInvalidValue;
+  if (!ok || !valid_mirror(cfg.mirror) || !valid_masks(masks, n_tensors, numels)) {
+    return cudaErrorInvalidValue;
+  }
 
-  SgdArgs args;
-  args.p.common = make_common(cfg.lr, cfg.maximize, cfg.mirror, scalars);
-  args.p.weight_decay = static_cast<float>(cfg.weight_decay);
-  args.p.momentum = static_cast<float>(cfg.momentum);
-  args.p.one_minus_dampening = static_cast<float>(1.0 - cfg.dampening);
-  args.p.has_weight_decay = cfg.weight_decay != 0.0;
-  args.p.has_momentum = has_momentum;
-  args.p.first_step = cfg.is_first_step;
-  args.p.nesterov = cfg.nesterov;
+  SgdParams p;
+  p.common = make_common(cfg.lr, cfg.maximize, cfg.mirror, scalars);
+  p.weight_decay = static_cast<float>(cfg.weight_decay);
+  p.momentum = static_cast<float>(cfg.momentum);
+  p.one_minus_dampening = static_cast<float>(1.0 - cfg.dampening);
+  p.has_weight_decay = cfg.weight_decay != 0.0;
+  p.has_momentum = has_momentum;
+  p.first_step = cfg.is_first_step;
+  p.nesterov = cfg.nesterov;
 
-  auto fill = [&](int slot, int64_t t) {
-    args.batch.ptrs[0][slot] = params[t];
-    args.batch.ptrs[1][slot] = const_cast<void*>(grads[t]);
-    args.batch.ptrs[2][slot] = has_momentum ? momentum_buffers[t] : nullptr;
-  };
   return dispatch_types(param_type, state_type, [&](auto p_tag, auto s_tag) {
     using P = typename decltype(p_tag)::type;
     using S = typename decltype(s_tag)::type;
     return dispatch_mirror(cfg.mirror, [&](auto mirror_tag) {
       constexpr int kMirror = decltype(mirror_tag)::value;
-      return mt::pack_and_launch(args, n_tensors, numels, fill,
-                                 [&](const SgdArgs& a, uint32_t blocks) {
-                                   return launch(ham_sgd_kernel<P, S, kMirror>, a, blocks,
-                                                 stream);
-                                 });
+      return dispatch_mask(masks.kind, [&](auto mask_tag) {
+        constexpr int kMask = decltype(mask_tag)::value;
+        using Args = SgdArgsT<kMask != kMaskNone>;
+        Args args;
+        args.p = p;
+        auto fill = [&](int slot, int64_t t) {
+          args.batch.ptrs[0][slot] = params[t];
+          args.batch.ptrs[1][slot] = const_cast<void*>(grads[t]);
+          args.batch.ptrs[2][slot] = has_momentum ? momentum_buffers[t] : nullptr;
+          if constexpr (kMask != kMaskNone) {
+            args.batch.ptrs[kSgdDepth][slot] = const_cast<void*>(masks.data[t]);
+          }
+        };
+        return mt::pack_and_launch(args, n_tensors, numels, fill,
+                                   [&](const Args& a, uint32_t blocks) {
+                                     return launch(ham_sgd_kernel<P, S, kMirror, kMask>, a,
+                                                   blocks, stream);
+                                   });
+      });
     });
   });
 }
@@ -566,13 +867,15 @@ cudaError_t ham_adam_cuda(const AdamConfig& cfg, DeviceScalars scalars, StepCoun
                           ScalarType param_type, ScalarType state_type, int64_t n_tensors,
                           void* const* params, const void* const* grads, void* const* exp_avgs,
                           void* const* exp_avg_sqs, void* const* max_exp_avg_sqs,
-                          const int64_t* numels, cudaStream_t stream) {
+                          const int64_t* numels, cudaStream_t stream, Masks masks) {
   const bool ok =
       cfg.amsgrad
           ? valid_tensors(n_tensors, numels,
                           {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs})
           : valid_tensors(n_tensors, numels, {params, grads, exp_avgs, exp_avg_sqs});
-  if (!ok || !valid_mirror(cfg.mirror)) return cudaErrorInvalidValue;
+  if (!ok || !valid_mirror(cfg.mirror) || !valid_masks(masks, n_tensors, numels)) {
+    return cudaErrorInvalidValue;
+  }
   const bool device_steps = steps.step_ptrs != nullptr;
   if (n_tensors > 0 && !device_steps && steps.host_steps == nullptr) return cudaErrorInvalidValue;
   if (device_steps) {
@@ -581,43 +884,53 @@ cudaError_t ham_adam_cuda(const AdamConfig& cfg, DeviceScalars scalars, StepCoun
     }
   }
 
-  AdamArgs args;
-  args.p.common = make_common(cfg.lr, cfg.maximize, cfg.mirror, scalars);
-  args.p.beta1 = static_cast<float>(cfg.beta1);
-  args.p.beta2 = static_cast<float>(cfg.beta2);
-  args.p.one_minus_beta1 = static_cast<float>(1.0 - cfg.beta1);
-  args.p.one_minus_beta2 = static_cast<float>(1.0 - cfg.beta2);
-  args.p.eps = static_cast<float>(cfg.eps);
-  args.p.weight_decay = static_cast<float>(cfg.weight_decay);
-  args.p.host_decay_factor = static_cast<float>(1.0 - cfg.lr * cfg.weight_decay);
-  args.p.coupled_weight_decay = cfg.weight_decay != 0.0 && !cfg.decoupled_weight_decay;
-  args.p.decoupled_weight_decay = cfg.weight_decay != 0.0 && cfg.decoupled_weight_decay;
-  args.p.direction_update = cfg.mirror.direction == MirrorDirection::Update;
-  args.p.order_before = cfg.mirror.order == MirrorOrder::Before;
-  args.p.device_steps = device_steps;
+  AdamParams p;
+  p.common = make_common(cfg.lr, cfg.maximize, cfg.mirror, scalars);
+  p.beta1 = static_cast<float>(cfg.beta1);
+  p.beta2 = static_cast<float>(cfg.beta2);
+  p.one_minus_beta1 = static_cast<float>(1.0 - cfg.beta1);
+  p.one_minus_beta2 = static_cast<float>(1.0 - cfg.beta2);
+  p.eps = static_cast<float>(cfg.eps);
+  p.weight_decay = static_cast<float>(cfg.weight_decay);
+  p.host_decay_factor = static_cast<float>(1.0 - cfg.lr * cfg.weight_decay);
+  p.coupled_weight_decay = cfg.weight_decay != 0.0 && !cfg.decoupled_weight_decay;
+  p.decoupled_weight_decay = cfg.weight_decay != 0.0 && cfg.decoupled_weight_decay;
+  p.direction_update = cfg.mirror.direction == MirrorDirection::Update;
+  p.order_before = cfg.mirror.order == MirrorOrder::Before;
+  p.device_steps = device_steps;
 
-  auto fill = [&](int slot, int64_t t) {
-    args.batch.ptrs[0][slot] = params[t];
-    args.batch.ptrs[1][slot] = const_cast<void*>(grads[t]);
-    args.batch.ptrs[2][slot] = exp_avgs[t];
-    args.batch.ptrs[3][slot] = exp_avg_sqs[t];
-    args.batch.ptrs[4][slot] = cfg.amsgrad ? max_exp_avg_sqs[t] : nullptr;
-    args.batch.step_ptrs[slot] = device_steps ? steps.step_ptrs[t] : nullptr;
-    args.batch.host_steps[slot] = device_steps ? 0.0f : static_cast<float>(steps.host_steps[t]);
-  };
   return dispatch_types(param_type, state_type, [&](auto p_tag, auto s_tag) {
     using P = typename decltype(p_tag)::type;
     using S = typename decltype(s_tag)::type;
     return dispatch_mirror(cfg.mirror, [&](auto mirror_tag) {
       constexpr int kMirror = decltype(mirror_tag)::value;
-      auto go = [&](auto kernel) {
-        return mt::pack_and_launch(args, n_tensors, numels, fill,
-                                   [&](const AdamArgs& a, uint32_t blocks) {
-                                     return launch(kernel, a, blocks, stream);
-                                   });
-      };
-      return cfg.amsgrad ? go(ham_adam_kernel<P, S, kMirror, true>)
-                         : go(ham_adam_kernel<P, S, kMirror, false>);
+      return dispatch_mask(masks.kind, [&](auto mask_tag) {
+        constexpr int kMask = decltype(mask_tag)::value;
+        using Args = AdamArgsT<kMask != kMaskNone>;
+        Args args;
+        args.p = p;
+        auto fill = [&](int slot, int64_t t) {
+          args.batch.ptrs[0][slot] = params[t];
+          args.batch.ptrs[1][slot] = const_cast<void*>(grads[t]);
+          args.batch.ptrs[2][slot] = exp_avgs[t];
+          args.batch.ptrs[3][slot] = exp_avg_sqs[t];
+          args.batch.ptrs[4][slot] = cfg.amsgrad ? max_exp_avg_sqs[t] : nullptr;
+          if constexpr (kMask != kMaskNone) {
+            args.batch.ptrs[kAdamDepth][slot] = const_cast<void*>(masks.data[t]);
+          }
+          args.batch.step_ptrs[slot] = device_steps ? steps.step_ptrs[t] : nullptr;
+          args.batch.host_steps[slot] =
+              device_steps ? 0.0f : static_cast<float>(steps.host_steps[t]);
+        };
+        auto go = [&](auto kernel) {
+          return mt::pack_and_launch(args, n_tensors, numels, fill,
+                                     [&](const Args& a, uint32_t blocks) {
+                                       return launch(kernel, a, blocks, stream);
+                                     });
+        };
+        return cfg.amsgrad ? go(ham_adam_kernel<P, S, kMirror, true, kMask>)
+                           : go(ham_adam_kernel<P, S, kMirror, false, kMask>);
+      });
     });
   });
 }
@@ -625,8 +938,9 @@ cudaError_t ham_adam_cuda(const AdamConfig& cfg, DeviceScalars scalars, StepCoun
 cudaError_t mirror_step_cuda(const MirrorStepConfig& cfg, DeviceScalars scalars,
                              ScalarType param_type, int64_t n_tensors, void* const* params,
                              const void* const* grads, const int64_t* numels,
-                             cudaStream_t stream) {
-  if (!valid_tensors(n_tensors, numels, {params, grads}) || !valid_mirror(cfg.mirror)) {
+                             cudaStream_t stream, Masks masks) {
+  if (!valid_tensors(n_tensors, numels, {params, grads}) || !valid_mirror(cfg.mirror) ||
+      !valid_masks(masks, n_tensors, numels)) {
     return cudaErrorInvalidValue;
   }
   if (param_type != ScalarType::Float32 && param_type != ScalarType::BFloat16 &&
@@ -636,12 +950,8 @@ cudaError_t mirror_step_cuda(const MirrorStepConfig& cfg, DeviceScalars scalars,
   // α = β = 0: θ is unchanged (a float32 round trip is exact), nothing to launch.
   if (!cfg.mirror.enabled()) return cudaSuccess;
 
-  MirrorArgs args;
-  args.p.common = make_common(cfg.lr, cfg.maximize, cfg.mirror, scalars);
-  auto fill = [&](int slot, int64_t t) {
-    args.batch.ptrs[0][slot] = params[t];
-    args.batch.ptrs[1][slot] = const_cast<void*>(grads[t]);
-  };
+  MirrorOnlyParams p;
+  p.common = make_common(cfg.lr, cfg.maximize, cfg.mirror, scalars);
   // The state type is irrelevant here; pass the param type so every param dtype dispatches.
   return dispatch_types(param_type, param_type, [&](auto p_tag, auto) {
     using P = typename decltype(p_tag)::type;
@@ -650,11 +960,24 @@ cudaError_t mirror_step_cuda(const MirrorStepConfig& cfg, DeviceScalars scalars,
       if constexpr (kMirror == kMirrorNone) {
         return cudaSuccess;  // unreachable: handled above
       } else {
-        return mt::pack_and_launch(args, n_tensors, numels, fill,
-                                   [&](const MirrorArgs& a, uint32_t blocks) {
-                                     return launch(mirror_step_kernel<P, kMirror>, a, blocks,
-                                                   stream);
-                                   });
+        return dispatch_mask(masks.kind, [&](auto mask_tag) {
+          constexpr int kMask = decltype(mask_tag)::value;
+          using Args = MirrorArgsT<kMask != kMaskNone>;
+          Args args;
+          args.p = p;
+          auto fill = [&](int slot, int64_t t) {
+            args.batch.ptrs[0][slot] = params[t];
+            args.batch.ptrs[1][slot] = const_cast<void*>(grads[t]);
+            if constexpr (kMask != kMaskNone) {
+              args.batch.ptrs[kMirrorDepth][slot] = const_cast<void*>(masks.data[t]);
+            }
+          };
+          return mt::pack_and_launch(args, n_tensors, numels, fill,
+                                     [&](const Args& a, uint32_t blocks) {
+                                       return launch(mirror_step_kernel<P, kMirror, kMask>, a,
+                                                     blocks, stream);
+                                     });
+        });
       }
     });
   });

@@ -52,27 +52,35 @@ struct TensorBatch {
   int32_t n_tensors;
 };
 
-// How many tensors fit next to `header_bytes` of other kernel arguments.
-template <int kDepth, bool kWithSteps>
+// How many tensors fit next to `header_bytes` of other kernel arguments (and kExtraPerTensor
+// bytes of per-tensor arrays the caller keeps next to the batch).
+template <int kDepth, bool kWithSteps, int kExtraPerTensor = 0>
 constexpr int batch_capacity(std::size_t header_bytes) {
   // ptrs + numel + block_begin (+ step pointer + host step); 64 bytes of slack for padding.
-  constexpr std::size_t per_tensor = kDepth * 8 + 8 + 4 + (kWithSteps ? 8 + 4 : 0);
+  constexpr std::size_t per_tensor =
+      kDepth * 8 + 8 + 4 + (kWithSteps ? 8 + 4 : 0) + kExtraPerTensor;
   return static_cast<int>((kMaxKernelParamBytes - header_bytes - 64) / per_tensor);
 }
 
-SPARSEOPT_HD int64_t num_chunks(int64_t numel) {
-  return numel / kChunkElems + (numel % kChunkElems != 0 ? 1 : 0);
+// Chunks (= blocks) of a tensor. chunk_elems is kChunkElems for the element-wise kernels; the
+// selection kernel cuts tensors into chunks of the user's chunk size instead.
+SPARSEOPT_HD int64_t num_chunks(int64_t numel, int64_t chunk_elems = kChunkElems) {
+  return numel / chunk_elems + (numel % chunk_elems != 0 ? 1 : 0);
 }
 
-// The chunk a block works on: tensor slot in the batch, first element, number of elements.
+// The chunk a block works on: tensor slot in the batch, chunk number within the tensor, first
+// element, number of elements.
 struct ChunkRef {
   int tensor;
+  uint32_t chunk;
   int64_t begin;
   int len;
 };
 
+// chunk_elems must be at most INT32_MAX (len is an int).
 template <class Batch>
-SPARSEOPT_HD ChunkRef locate_chunk(const Batch& batch, uint32_t block) {
+SPARSEOPT_HD ChunkRef locate_chunk(const Batch& batch, uint32_t block,
+                                   int64_t chunk_elems = kChunkElems) {
   // Last slot with block_begin <= block; block_begin[0] == 0 and slots are in block order.
   int lo = 0;
   int hi = batch.n_tensors - 1;
@@ -86,9 +94,10 @@ SPARSEOPT_HD ChunkRef locate_chunk(const Batch& batch, uint32_t block) {
   }
   ChunkRef ref;
   ref.tensor = lo;
-  ref.begin = static_cast<int64_t>(block - batch.block_begin[lo]) * kChunkElems;
+  ref.chunk = block - batch.block_begin[lo];
+  ref.begin = static_cast<int64_t>(ref.chunk) * chunk_elems;
   const int64_t rest = batch.numels[lo] - ref.begin;
-  ref.len = static_cast<int>(rest < kChunkElems ? rest : kChunkElems);
+  ref.len = static_cast<int>(rest < chunk_elems ? rest : chunk_elems);
   return ref;
 }
 
@@ -118,18 +127,19 @@ SPARSEOPT_HD bool aligned16(const void* p) {
 // Host side: fills args.batch with consecutive tensors of non-zero numel and calls
 // launch(args, n_blocks) whenever the batch is full and once at the end. fill(slot, t) stores
 // tensor t's pointers (and step) into slot `slot`. numels must be >= 0 and each tensor must have
-// at most kMaxBlocks chunks (the callers validate both before launching anything). kMaxBlocks is
-// a parameter only so that the host test can exercise the grid-size split.
+// at most kMaxBlocks chunks of chunk_elems elements (the callers validate both before launching
+// anything). kMaxBlocks is a parameter only so that the host test can exercise the grid-size
+// split.
 template <int64_t kMaxBlocks = kMaxBlocksPerLaunch, class Args, class Fill, class Launch>
 cudaError_t pack_and_launch(Args& args, int64_t n_tensors, const int64_t* numels, Fill&& fill,
-                            Launch&& launch) {
+                            Launch&& launch, int64_t chunk_elems = kChunkElems) {
   using Batch = decltype(args.batch);
   args.batch.n_tensors = 0;
   int64_t blocks = 0;
   for (int64_t t = 0; t < n_tensors; ++t) {
     const int64_t numel = numels[t];
     if (numel == 0) continue;  // no blocks; its pointers may be null
-    const int64_t chunks = num_chunks(numel);
+    const int64_t chunks = num_chunks(numel, chunk_elems);
     if (args.batch.n_tensors == Batch::kCapacity || blocks + chunks > kMaxBlocks) {
       const cudaError_t err = launch(args, static_cast<uint32_t>(blocks));
       if (err != cudaSuccess) return err;

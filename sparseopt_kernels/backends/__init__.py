@@ -25,7 +25,6 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from .. import _native, _ops
-from ..reference import mirror as _reference_mirror
 
 BACKENDS = ("auto", "cuda", "triton", "cpp", "reference")
 ENV_VAR = "SPARSEOPT_BACKEND"
@@ -68,7 +67,7 @@ def unavailable(backend: str, device_type: str, dtype: Optional[torch.dtype] = N
         module = _native.native()
         if module is None:
             return _native.unavailable_reason()
-        if not hasattr(module, "ham_adam_cuda"):
+        if not module.build_info()["cuda"]:
             return ("sparseopt_kernels._C was built without CUDA kernels (CPU-only torch or "
                     "no nvcc at build time)")
         if dtype == torch.float64:
@@ -90,33 +89,40 @@ def unavailable(backend: str, device_type: str, dtype: Optional[torch.dtype] = N
 _AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("cuda", "triton", "reference")}
 
 
-def select(device_type: str, dtype: Optional[torch.dtype] = None) -> str:
-    """The concrete backend that serves tensors of ``dtype`` on ``device_type`` now."""
+def select(device_type: str, dtype: Optional[torch.dtype] = None,
+           op: Optional[str] = None) -> str:
+    """The concrete backend that serves ``op`` on tensors of ``dtype`` on ``device_type``."""
     wanted = requested_backend()
     if wanted != "auto":
-        reason = unavailable(wanted, device_type, dtype)
+        reason = unavailable(wanted, device_type, dtype) or _missing(wanted, op)
         if reason is not None:
             raise BackendUnavailable(f"{ENV_VAR}={wanted} cannot run this op: {reason}")
         return wanted
     for backend in _AUTO_ORDER.get(device_type, ("reference",)):
-        if unavailable(backend, device_type, dtype) is None:
+        if unavailable(backend, device_type, dtype) is None and _missing(backend, op) is None:
             return backend
     return "reference"
 
 
-def _implementations(backend: str):
-    if backend == "reference":
-        return _reference_mirror
-    if backend == "cpp":
-        from . import cpu
-        return cpu
-    if backend == "cuda":
-        from . import cuda
-        return cuda
-    if backend == "triton":
-        from ..triton import mirror_step
-        return mirror_step
-    raise ValueError(backend)
+# kernel family → module (under sparseopt_kernels) that implements its ops, per backend
+FAMILIES: Dict[str, Dict[str, str]] = {
+    "mirror": {"reference": "reference.mirror", "cpp": "backends.cpu", "cuda": "backends.cuda",
+               "triton": "triton.mirror_step"},
+    "masked": {"reference": "reference.masked", "cpp": "backends.cpu_masked",
+               "cuda": "backends.cuda_masked", "triton": "triton.masked_adam"},
+}
+
+
+def _missing(backend: str, op: Optional[str]) -> Optional[str]:
+    if op is None or backend in FAMILIES[_ops.FAMILY[op]]:
+        return None
+    return f"there is no {backend} kernel for sparseopt::{op}"
+
+
+def _implementation(backend: str, op: str) -> Callable:
+    package = __package__.rsplit(".", 1)[0]
+    module = importlib.import_module(f"{package}.{FAMILIES[_ops.FAMILY[op]][backend]}")
+    return getattr(module, op)
 
 
 _warned_slow_cuda = False
@@ -136,20 +142,21 @@ def _kernel(op: str) -> Callable:
 
     def run(*args, **kwargs):
         validate(*args, **kwargs)
-        params: List[torch.Tensor] = args[0]
+        first = args[0]  # the params (a list) or the input tensor of the op
+        params: List[torch.Tensor] = first if isinstance(first, (list, tuple)) else [first]
         if len(params) == 0:
-            return
+            return _implementation("reference", op)(*args, **kwargs)
         device_type = params[0].device.type
-        backend = select(device_type, params[0].dtype)
+        backend = select(device_type, params[0].dtype, op)
         if backend == "reference" and device_type == "cuda":
             _warn_reference_on_cuda(op)
-        getattr(_implementations(backend), op)(*args, **kwargs)
+        return _implementation(backend, op)(*args, **kwargs)
 
     run.__name__ = f"{op}dispatch"
     return run
 
 
-KERNELS: Dict[str, Callable] = {op: _kernel(op) for op in _ops.OPS}
+KERNELS: Dict[str, Callable] = {op: _kernel(op) for op in _ops.ops()}
 
 for _op, _fn in KERNELS.items():
     for _key in ("CPU", "CUDA"):
@@ -159,11 +166,11 @@ for _op, _fn in KERNELS.items():
 def describe() -> Dict[str, Dict[str, str]]:
     """For each op and device, the backend ``auto`` (or the forced one) picks, or why none."""
     table: Dict[str, Dict[str, str]] = {}
-    for op in _ops.OPS:
+    for op in _ops.ops():
         table[op] = {}
         for device_type in ("cpu", "cuda"):
             try:
-                table[op][device_type] = select(device_type, torch.float32)
+                table[op][device_type] = select(device_type, torch.float32, op)
             except BackendUnavailable as exc:
                 table[op][device_type] = f"unavailable: {exc}"
     return table

@@ -1,5 +1,6 @@
 """Drop-in ``torch.optim`` optimizers backed by the fused kernels."""
 from .ham import HAM
 from .horst import HORST
+from .nanoadam import NanoAdam
 
-__all__ = ["HAM", "HORST"]
+__all__ = ["HAM", "HORST", "NanoAdam"]

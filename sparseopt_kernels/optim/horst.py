@@ -36,6 +36,7 @@ from torch.optim import Optimizer
 
 from .. import _checks
 from .. import functional as F
+from ._state import load_state_keeping_dtypes
 from .ham import default_apply_to
 
 
@@ -84,20 +85,8 @@ class HORST(Optimizer):
         return state
 
     def load_state_dict(self, state_dict: Dict) -> None:
-        """As torch.optim, but float32 state of bf16/fp16 params stays float32 (torch would
-        round it to the param dtype) and step counts move to the param's device."""
-        super().load_state_dict(state_dict)
-        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
-        for saved_id, p in zip(saved_ids, params):
-            for key, value in state_dict["state"].get(saved_id, {}).items():
-                if not isinstance(value, Tensor):
-                    continue
-                if key == "step":
-                    self.state[p][key] = value.to(device=p.device, dtype=torch.float32,
-                                                  copy=True)
-                elif value.dtype == torch.float32 and p.dtype != torch.float32:
-                    self.state[p][key] = value.to(device=p.device, copy=True)
+        """As torch.optim, but float32 state of bf16/fp16 params stays float32."""
+        load_state_keeping_dtypes(self, state_dict)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None):

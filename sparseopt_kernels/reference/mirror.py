@@ -27,6 +27,9 @@ update to its result. The mirror step is skipped entirely when α = β = 0, so t
 reproduced exactly. ``exp`` keeps exact zeros at zero; ``hypentropy`` can move a zero weight
 (that is the point of the form). ``clamp=None`` disables the clamp.
 
+Masks (optional, one per param: bool shaped like the param, or bit-packed uint8, see
+:mod:`.masked`): where the mask is 0 the param and its state keep their bits.
+
 AMP: ``grad_scale`` (device scalar) divides the gradient; when ``found_inf`` (device scalar) is
 non-zero nothing is modified, step counters included. Step counters are incremented by the op
 (like torch.optim) before the bias corrections are computed. No host synchronization anywhere.
@@ -72,11 +75,27 @@ def _mirror(theta: Tensor, d: Tensor, lr, alpha: float, beta: float, clamp: Opti
     return gamma * torch.sinh(torch.asinh(theta / gamma) - shift) * decay
 
 
-def _commit(found_inf: Optional[Tensor], dst: Tensor, new: Tensor) -> None:
-    """``dst.copy_(new)`` unless ``found_inf`` is set, without a host synchronization."""
+def _commit(found_inf: Optional[Tensor], dst: Tensor, new: Tensor,
+            mask: Optional[Tensor] = None) -> None:
+    """``dst.copy_(new)`` where ``mask`` (all if None) unless ``found_inf`` is set, without a
+    host synchronization; elsewhere ``dst`` keeps its bits."""
+    new = new.to(dst.dtype)
+    if mask is not None:
+        new = torch.where(mask, new, dst)
     if found_inf is not None:
-        new = torch.where(found_inf.to(dst.device) != 0, dst, new.to(dst.dtype))
+        new = torch.where(found_inf.to(dst.device) != 0, dst, new)
     dst.copy_(new)
+
+
+def _dense_mask(masks: Optional[List[Tensor]], i: int, like: Tensor) -> Optional[Tensor]:
+    """Tensor i's mask as a bool tensor shaped like the param (bool or bit-packed uint8)."""
+    if masks is None:
+        return None
+    mask = masks[i]
+    if mask.dtype == torch.bool:
+        return mask
+    bits = (mask.unsqueeze(-1) >> torch.arange(8, device=mask.device, dtype=torch.uint8)) & 1
+    return bits.reshape(-1)[: like.numel()].view(like.shape).bool()
 
 
 def _advance_steps(state_steps: List[Tensor], found_inf: Optional[Tensor]) -> None:
@@ -97,8 +116,9 @@ def ham_sgd_(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[T
              maximize: bool = False, is_first_step: bool = False, alpha: float = 0.0,
              beta: float = 0.0, clamp: Optional[float] = None, mirror: str = "exp",
              gamma: float = 1.0, grad_scale: Optional[Tensor] = None,
-             found_inf: Optional[Tensor] = None) -> None:
+             found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None) -> None:
     for i, (p, g_in) in enumerate(zip(params, grads)):
+        mask = _dense_mask(masks, i, p)
         ct = _compute_dtype(p)
         theta = p.to(ct)
         g = _unscale(g_in.to(ct), grad_scale, maximize)
@@ -111,11 +131,11 @@ def ham_sgd_(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[T
             else:
                 new_buf = momentum * buf.to(ct) + (1 - dampening) * g_b
             d = g_b + momentum * new_buf if nesterov else new_buf
-            _commit(found_inf, buf, new_buf)
+            _commit(found_inf, buf, new_buf, mask)
         else:
             d = g_b
         theta1 = theta - eta * d
-        _commit(found_inf, p, _mirror(theta1, g, eta, alpha, beta, clamp, mirror, gamma))
+        _commit(found_inf, p, _mirror(theta1, g, eta, alpha, beta, clamp, mirror, gamma), mask)
 
 
 def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
@@ -126,9 +146,11 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
               decoupled_weight_decay: bool = False, alpha: float = 0.0, beta: float = 0.0,
               clamp: Optional[float] = None, mirror: str = "exp", gamma: float = 1.0,
               direction: str = "grad", order: str = "after",
-              grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+              grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+              masks: Optional[List[Tensor]] = None) -> None:
     _advance_steps(state_steps, found_inf)
     for i, (p, g_in) in enumerate(zip(params, grads)):
+        mask = _dense_mask(masks, i, p)
         ct = _compute_dtype(p)
         theta = p.to(ct)
         g = _unscale(g_in.to(ct), grad_scale, maximize)
@@ -158,24 +180,26 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
         if order == "after":
             theta1 = _mirror(theta1, d, eta, alpha, beta, clamp, mirror, gamma)
 
-        _commit(found_inf, exp_avgs[i], m)
-        _commit(found_inf, exp_avg_sqs[i], v)
+        _commit(found_inf, exp_avgs[i], m, mask)
+        _commit(found_inf, exp_avg_sqs[i], v, mask)
         if amsgrad:
-            _commit(found_inf, max_exp_avg_sqs[i], vmax)
-        _commit(found_inf, p, theta1)
+            _commit(found_inf, max_exp_avg_sqs[i], vmax, mask)
+        _commit(found_inf, p, theta1, mask)
 
 
 def mirror_step_(params: List[Tensor], grads: List[Tensor], *, lr: float,
                  lr_tensor: Optional[Tensor] = None, alpha: float = 0.0, beta: float = 0.0,
                  clamp: Optional[float] = None, mirror: str = "exp", gamma: float = 1.0,
                  maximize: bool = False, grad_scale: Optional[Tensor] = None,
-                 found_inf: Optional[Tensor] = None) -> None:
+                 found_inf: Optional[Tensor] = None,
+                 masks: Optional[List[Tensor]] = None) -> None:
     """Standalone mirror step: ``params`` hold θ' (after some base step), ``grads`` the raw g."""
-    for p, g_in in zip(params, grads):
+    for i, (p, g_in) in enumerate(zip(params, grads)):
         ct = _compute_dtype(p)
         g = _unscale(g_in.to(ct), grad_scale, maximize)
         eta = _lr_value(lr, lr_tensor, g)
-        _commit(found_inf, p, _mirror(p.to(ct), g, eta, alpha, beta, clamp, mirror, gamma))
+        _commit(found_inf, p, _mirror(p.to(ct), g, eta, alpha, beta, clamp, mirror, gamma),
+                _dense_mask(masks, i, p))
 
 
 __all__ = ["ham_sgd_", "ham_adam_", "mirror_step_"]

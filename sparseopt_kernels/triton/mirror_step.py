@@ -20,6 +20,10 @@ specification). Per element, with ``g`` the gradient divided by ``grad_scale`` a
 The mirror step is skipped (compiled out) when α = β = 0. Each element is read once, updated in
 registers (base step, then mirror step) and written once, optimizer state included.
 
+Masks (``masks[i]``: bool shaped like the param, or bit-packed uint8 with element e at bit e % 8
+of byte e // 8): lanes whose mask bit is 0 are neither read nor written, so the param and its
+state keep their bits; step counters still advance per tensor.
+
 Implementation notes
 --------------------
 * Multi-tensor launches. Tensors are grouped by (device, dtypes); each group is one launch over
@@ -44,6 +48,9 @@ Implementation notes
   rounding; plain ``/`` and ``tl.sqrt`` are approximate on NVIDIA GPUs).
 * float32 → bfloat16 stores are rounded to nearest-even by hand: the Triton interpreter
   truncates on that cast, and the bit trick gives the same result as the GPU conversion.
+* Masks are folded into the per-lane bounds mask (``MASK_KIND`` constexpr: 0 none, 1 bool,
+  2 bits; the mask's address is one more table column), so loads and stores skip masked-out
+  lanes and ``masks=None`` compiles to exactly the unmasked kernel.
 """
 from __future__ import annotations
 
@@ -67,10 +74,13 @@ _NUM_WARPS = 4
 
 # Codes of the element types a table entry can point to (a tl.constexpr per launch).
 _DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2,
-                torch.float64: 3, torch.int64: 4, torch.int32: 5}
+                torch.float64: 3, torch.int64: 4, torch.int32: 5, torch.int16: 6,
+                torch.uint8: 7, torch.bool: 7}  # bool: one byte, 0 or 1
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+_STEP_DTYPES = _FLOAT_DTYPES + (torch.float64, torch.int64, torch.int32)
 
 _MIRROR_NONE, _MIRROR_EXP, _MIRROR_HYPENTROPY = 0, 1, 2
+_MASK_NONE, _MASK_BOOL, _MASK_BITS = 0, 1, 2
 
 
 def _interpreting() -> bool:
@@ -96,8 +106,12 @@ def _typed_ptr(addr, CODE: tl.constexpr):
         return addr.to(tl.pointer_type(tl.float64))
     elif CODE == 4:
         return addr.to(tl.pointer_type(tl.int64))
-    else:
+    elif CODE == 5:
         return addr.to(tl.pointer_type(tl.int32))
+    elif CODE == 6:
+        return addr.to(tl.pointer_type(tl.int16))
+    else:
+        return addr.to(tl.pointer_type(tl.uint8))
 
 
 @triton.jit
@@ -234,6 +248,22 @@ def _chunk(table, blocks, NCOL: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _apply_mask(row, offs, mask, MASK_COL: tl.constexpr, MASK_KIND: tl.constexpr):
+    """Narrow the bounds mask to the lanes the user's mask keeps. Masked-out lanes are then
+    neither loaded nor stored, so the param and its state keep their bits exactly."""
+    if MASK_KIND == 0:
+        return mask
+    mask_ptr = _typed_ptr(tl.load(row + MASK_COL), 7)
+    if MASK_KIND == 1:
+        keep = tl.load(mask_ptr + offs, mask=mask, other=0) != 0
+    else:
+        # Bit-packed: element e is bit e % 8 of byte e // 8 (packbits, bitorder="little").
+        byte = tl.load(mask_ptr + (offs >> 3), mask=mask, other=0).to(tl.int32)
+        keep = ((byte >> (offs & 7).to(tl.int32)) & 1) != 0
+    return mask & keep
+
+
+@triton.jit
 def _load_grad(g_ptr, offs, mask, grad_scale_ptr,
                HAS_GRAD_SCALE: tl.constexpr, MAXIMIZE: tl.constexpr):
     g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
@@ -245,7 +275,8 @@ def _load_grad(g_ptr, offs, mask, grad_scale_ptr,
 
 
 # ---------------------------------------------------------------------------------------------
-# Kernels. Table row per tensor: [param, grad, numel, state..., step]; blocks: (tensor, start).
+# Kernels. Table row per tensor: [param, grad, numel, state..., mask, step]; blocks: (tensor,
+# start). The mask and step columns are present only when used.
 # ---------------------------------------------------------------------------------------------
 
 @triton.jit
@@ -256,11 +287,13 @@ def _ham_sgd_kernel(table, blocks, lr, lr_ptr, grad_scale_ptr, found_inf_ptr,
                     HAS_FOUND_INF: tl.constexpr, HAS_WEIGHT_DECAY: tl.constexpr,
                     HAS_MOMENTUM: tl.constexpr, FIRST_STEP: tl.constexpr,
                     NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, MIRROR: tl.constexpr,
-                    USE_CLAMP: tl.constexpr, NCOL: tl.constexpr, BLOCK: tl.constexpr):
+                    USE_CLAMP: tl.constexpr, MASK_KIND: tl.constexpr, MASK_COL: tl.constexpr,
+                    NCOL: tl.constexpr, BLOCK: tl.constexpr):
     if HAS_FOUND_INF:
         if tl.load(found_inf_ptr) != 0:
             return
     t, row, offs, mask = _chunk(table, blocks, NCOL, BLOCK)
+    mask = _apply_mask(row, offs, mask, MASK_COL, MASK_KIND)
     p_ptr = _typed_ptr(tl.load(row), P_CODE)
     g_ptr = _typed_ptr(tl.load(row + 1), G_CODE)
     if HAS_LR_TENSOR:
@@ -301,11 +334,13 @@ def _ham_adam_kernel(table, blocks, steps, lr, lr_ptr, grad_scale_ptr, found_inf
                      DECOUPLED: tl.constexpr, AMSGRAD: tl.constexpr, MAXIMIZE: tl.constexpr,
                      MIRROR: tl.constexpr, USE_CLAMP: tl.constexpr,
                      DIRECTION_ADAM: tl.constexpr, ORDER_BEFORE: tl.constexpr,
+                     MASK_KIND: tl.constexpr, MASK_COL: tl.constexpr,
                      NCOL: tl.constexpr, BLOCK: tl.constexpr):
     if HAS_FOUND_INF:
         if tl.load(found_inf_ptr) != 0:
             return
     t, row, offs, mask = _chunk(table, blocks, NCOL, BLOCK)
+    mask = _apply_mask(row, offs, mask, MASK_COL, MASK_KIND)
     p_ptr = _typed_ptr(tl.load(row), P_CODE)
     g_ptr = _typed_ptr(tl.load(row + 1), G_CODE)
     m_ptr = _typed_ptr(tl.load(row + 3), S_CODE)
@@ -362,11 +397,13 @@ def _mirror_step_kernel(table, blocks, lr, lr_ptr, grad_scale_ptr, found_inf_ptr
                         HAS_LR_TENSOR: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr,
                         HAS_FOUND_INF: tl.constexpr, MAXIMIZE: tl.constexpr,
                         MIRROR: tl.constexpr, USE_CLAMP: tl.constexpr,
+                        MASK_KIND: tl.constexpr, MASK_COL: tl.constexpr,
                         NCOL: tl.constexpr, BLOCK: tl.constexpr):
     if HAS_FOUND_INF:
         if tl.load(found_inf_ptr) != 0:
             return
     t, row, offs, mask = _chunk(table, blocks, NCOL, BLOCK)
+    mask = _apply_mask(row, offs, mask, MASK_COL, MASK_KIND)
     p_ptr = _typed_ptr(tl.load(row), P_CODE)
     g_ptr = _typed_ptr(tl.load(row + 1), G_CODE)
     if HAS_LR_TENSOR:
@@ -387,16 +424,18 @@ _TABLE_CACHE: "OrderedDict[tuple, Tuple[Tensor, Tensor, int]]" = OrderedDict()
 _TABLE_CACHE_SIZE = 64
 
 
-def _tables(device: torch.device, rows: List[Tuple[int, ...]]) -> Tuple[Tensor, Tensor, int]:
-    """Device tables for ``rows`` = per tensor (param ptr, grad ptr, numel, other ptrs...)."""
-    key = (device, tuple(rows))
+def _tables(device: torch.device, rows: List[Tuple[int, ...]],
+            block: int = _BLOCK) -> Tuple[Tensor, Tensor, int]:
+    """Device tables for ``rows`` = per tensor (param ptr, grad ptr, length, other entries...):
+    one program per ``block`` elements of each tensor's length."""
+    key = (device, block, tuple(rows))
     hit = _TABLE_CACHE.get(key)
     if hit is not None:
         _TABLE_CACHE.move_to_end(key)
         return hit
     blocks: List[int] = []
     for t, row in enumerate(rows):
-        for start in range(0, row[2], _BLOCK):
+        for start in range(0, row[2], block):
             blocks += (t, start)
     flat = [x for row in rows for x in row]
     # One host->device copy for both tables; the kernel gets two views of it.
@@ -451,11 +490,37 @@ def _mirror_form(mirror: str, alpha: float, beta: float) -> int:
     return _MIRROR_EXP if mirror == "exp" else _MIRROR_HYPENTROPY
 
 
+def _mask_kind(masks: Optional[Sequence[Tensor]], i: int, p: Tensor) -> int:
+    """Validate ``masks[i]`` against ``params[i]``; its MASK_KIND code."""
+    if masks is None:
+        return _MASK_NONE
+    m = masks[i]
+    if m.device != p.device:
+        raise ValueError(f"masks[{i}] is on {m.device}, params[{i}] on {p.device}")
+    if m.dtype == torch.bool:
+        if m.shape != p.shape:
+            raise ValueError(f"masks[{i}] has shape {tuple(m.shape)}, params[{i}] "
+                             f"{tuple(p.shape)}")
+        return _MASK_BOOL
+    if m.dtype == torch.uint8:
+        if m.dim() != 1 or m.numel() != (p.numel() + 7) // 8:
+            raise ValueError(f"masks[{i}] is uint8, so it must be bit-packed: 1-D with "
+                             f"{(p.numel() + 7) // 8} bytes, got shape {tuple(m.shape)}")
+        return _MASK_BITS
+    raise TypeError(f"masks[{i}] has dtype {m.dtype}; expected torch.bool or bit-packed "
+                    "torch.uint8")
+
+
 def _groups(params: Sequence[Tensor], grads: Sequence[Tensor],
-            states: Dict[str, Sequence[Tensor]]) -> Dict[tuple, List[int]]:
-    """Indices of the non-empty tensors, grouped by (device, param, grad and state dtypes)."""
+            states: Dict[str, Sequence[Tensor]],
+            masks: Optional[Sequence[Tensor]] = None) -> Dict[tuple, List[int]]:
+    """Indices of the non-empty tensors, grouped by (device, param, grad and state dtypes,
+    mask kind); the mask kind is always the last entry of the key."""
     groups: Dict[tuple, List[int]] = {}
-    for name, lst in [("grads", grads)] + list(states.items()):
+    lists = [("grads", grads)] + list(states.items())
+    if masks is not None:
+        lists.append(("masks", masks))
+    for name, lst in lists:
         if len(lst) != len(params):
             raise ValueError(f"{name} has {len(lst)} tensors, params has {len(params)}")
     for i, (p, g) in enumerate(zip(params, grads)):
@@ -479,15 +544,30 @@ def _groups(params: Sequence[Tensor], grads: Sequence[Tensor],
             key.append(s.dtype)
         if g.device != p.device:
             raise ValueError(f"grads[{i}] is on {g.device}, params[{i}] on {p.device}")
+        key.append(_mask_kind(masks, i, p))
         if p.numel() > 0:
             groups.setdefault(tuple(key), []).append(i)
     return groups
 
 
-def _contiguous(grads: Sequence[Tensor]) -> List[Tensor]:
-    # The kernels index grads linearly; a non-contiguous grad is copied (it is only read). The
-    # copies are freed stream-ordered after the launch, like any PyTorch temporary.
+def _contiguous(grads: Optional[Sequence[Tensor]]) -> Optional[List[Tensor]]:
+    # The kernels index grads (and masks) linearly; a non-contiguous one is copied (it is only
+    # read). The copies are freed stream-ordered after the launch, like any PyTorch temporary.
+    if grads is None:
+        return None
     return [g if g.is_contiguous() else g.contiguous() for g in grads]
+
+
+def _steps_in_table(steps: Sequence[Tensor], device: torch.device) -> bool:
+    """Whether the kernel can read the step counters through the pointer table: they live on
+    the param device with one common dtype (torch.optim's capturable/fused layout). Otherwise
+    (e.g. CPU counters) ``_dense_steps`` gathers them into a float32 device array each call."""
+    return all(s.device == device and s.numel() == 1 and s.dtype == steps[0].dtype
+               and s.dtype in _STEP_DTYPES for s in steps)
+
+
+def _dense_steps(steps: Sequence[Tensor], device: torch.device) -> Tensor:
+    return torch.stack([s.reshape(()).to(torch.float32) for s in steps]).to(device)
 
 
 def _common(device: torch.device, lr_tensor: Optional[Tensor], grad_scale: Optional[Tensor],
@@ -512,12 +592,12 @@ def ham_sgd_(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[T
              maximize: bool = False, is_first_step: bool = False, alpha: float = 0.0,
              beta: float = 0.0, clamp: Optional[float] = None, mirror: str = "exp",
              gamma: float = 1.0, grad_scale: Optional[Tensor] = None,
-             found_inf: Optional[Tensor] = None) -> None:
+             found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None) -> None:
     _check_mirror(mirror, clamp, gamma)
-    grads = _contiguous(grads)
+    grads, masks = _contiguous(grads), _contiguous(masks)
     has_momentum = momentum != 0
     states = {"momentum_buffers": momentum_buffers} if has_momentum else {}
-    for key, idx in _groups(params, grads, states).items():
+    for key, idx in _groups(params, grads, states, masks).items():
         device = key[0]
         _check_device(device)
         rows = []
@@ -525,6 +605,8 @@ def ham_sgd_(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[T
             row = (params[i].data_ptr(), grads[i].data_ptr(), params[i].numel())
             if has_momentum:
                 row += (momentum_buffers[i].data_ptr(),)
+            if masks is not None:
+                row += (masks[i].data_ptr(),)
             rows.append(row)
         table, blocks, n_programs = _tables(device, rows)
         lr_t, gs, fi = _common(device, lr_tensor, grad_scale, found_inf)
@@ -540,6 +622,7 @@ def ham_sgd_(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[T
             HAS_MOMENTUM=has_momentum, FIRST_STEP=bool(is_first_step),
             NESTEROV=bool(nesterov), MAXIMIZE=bool(maximize),
             MIRROR=_mirror_form(mirror, alpha, beta), USE_CLAMP=clamp is not None,
+            MASK_KIND=key[-1], MASK_COL=len(rows[0]) - 1,
             NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
 
 
@@ -556,7 +639,8 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
               decoupled_weight_decay: bool = False, alpha: float = 0.0, beta: float = 0.0,
               clamp: Optional[float] = None, mirror: str = "exp", gamma: float = 1.0,
               direction: str = "grad", order: str = "after",
-              grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None) -> None:
+              grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
+              masks: Optional[List[Tensor]] = None) -> None:
     _check_mirror(mirror, clamp, gamma)
     if direction not in ("grad", "adam"):
         raise ValueError(f"direction must be 'grad' or 'adam', got {direction!r}")
@@ -564,11 +648,12 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
         raise ValueError(f"order must be 'after' or 'before', got {order!r}")
     if len(state_steps) != len(params):
         raise ValueError(f"state_steps has {len(state_steps)} tensors, params has {len(params)}")
-    grads = _contiguous(grads)
+    grads, masks = _contiguous(grads), _contiguous(masks)
     states = {"exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
     if amsgrad:
         states["max_exp_avg_sqs"] = max_exp_avg_sqs
-    groups = _groups(params, grads, states)  # validate before touching the step counters
+    # validate before touching the step counters
+    groups = _groups(params, grads, states, masks)
 
     _advance_steps(state_steps, found_inf)  # like torch.optim: before the bias corrections
 
@@ -581,25 +666,22 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
             raise TypeError("exp_avgs/exp_avg_sqs/max_exp_avg_sqs of a tensor must share a "
                             "dtype")
         steps = [state_steps[i] for i in idx]
-        # Steps are read through the pointer table when they live on the param device with a
-        # common dtype (torch.optim's capturable/fused layout); otherwise (e.g. CPU counters)
-        # they are gathered into a float32 device array each call.
-        in_table = all(s.device == device and s.numel() == 1 and s.dtype == steps[0].dtype
-                       and s.dtype in _DTYPE_CODES for s in steps)
+        in_table = _steps_in_table(steps, device)
+        mask_col = 5 + int(amsgrad)  # the step, when in the table, stays the last column
         rows = []
         for i in idx:
             row = (params[i].data_ptr(), grads[i].data_ptr(), params[i].numel(),
                    exp_avgs[i].data_ptr(), exp_avg_sqs[i].data_ptr())
             if amsgrad:
                 row += (max_exp_avg_sqs[i].data_ptr(),)
+            if masks is not None:
+                row += (masks[i].data_ptr(),)
             if in_table:
                 row += (state_steps[i].data_ptr(),)
             rows.append(row)
         table, blocks, n_programs = _tables(device, rows)
-        if in_table:
-            dense_steps = table  # placeholder, not read
-        else:
-            dense_steps = torch.stack([s.reshape(()).to(torch.float32) for s in steps]).to(device)
+        # (the table is a placeholder when the steps are in it: the kernel does not read it)
+        dense_steps = table if in_table else _dense_steps(steps, device)
         lr_t, gs, fi = _common(device, lr_tensor, grad_scale, found_inf)
         _ham_adam_kernel[(n_programs,)](
             table, blocks, dense_steps, float(lr if lr_tensor is None else 0.0),
@@ -616,7 +698,7 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
             DECOUPLED=bool(decoupled_weight_decay), AMSGRAD=bool(amsgrad),
             MAXIMIZE=bool(maximize), MIRROR=_mirror_form(mirror, alpha, beta),
             USE_CLAMP=clamp is not None, DIRECTION_ADAM=direction == "adam",
-            ORDER_BEFORE=order == "before",
+            ORDER_BEFORE=order == "before", MASK_KIND=key[-1], MASK_COL=mask_col,
             NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
 
 
@@ -624,19 +706,24 @@ def mirror_step_(params: List[Tensor], grads: List[Tensor], *, lr: float,
                  lr_tensor: Optional[Tensor] = None, alpha: float = 0.0, beta: float = 0.0,
                  clamp: Optional[float] = None, mirror: str = "exp", gamma: float = 1.0,
                  maximize: bool = False, grad_scale: Optional[Tensor] = None,
-                 found_inf: Optional[Tensor] = None) -> None:
+                 found_inf: Optional[Tensor] = None,
+                 masks: Optional[List[Tensor]] = None) -> None:
     """Standalone mirror step: ``params`` hold θ' (after some base step), ``grads`` the raw g."""
     _check_mirror(mirror, clamp, gamma)
-    grads = _contiguous(grads)
+    grads, masks = _contiguous(grads), _contiguous(masks)
     form = _mirror_form(mirror, alpha, beta)
     if form == _MIRROR_NONE:
-        _groups(params, grads, {})  # still validate the arguments
+        _groups(params, grads, {}, masks)  # still validate the arguments
         return
-    for key, idx in _groups(params, grads, {}).items():
+    for key, idx in _groups(params, grads, {}, masks).items():
         device = key[0]
         _check_device(device)
-        rows = [(params[i].data_ptr(), grads[i].data_ptr(), params[i].numel())
-                for i in idx]
+        rows = []
+        for i in idx:
+            row = (params[i].data_ptr(), grads[i].data_ptr(), params[i].numel())
+            if masks is not None:
+                row += (masks[i].data_ptr(),)
+            rows.append(row)
         table, blocks, n_programs = _tables(device, rows)
         lr_t, gs, fi = _common(device, lr_tensor, grad_scale, found_inf)
         _mirror_step_kernel[(n_programs,)](
@@ -646,7 +733,8 @@ def mirror_step_(params: List[Tensor], grads: List[Tensor], *, lr: float,
             P_CODE=_DTYPE_CODES[key[1]], G_CODE=_DTYPE_CODES[key[2]],
             HAS_LR_TENSOR=lr_t is not None, HAS_GRAD_SCALE=gs is not None,
             HAS_FOUND_INF=fi is not None, MAXIMIZE=bool(maximize), MIRROR=form,
-            USE_CLAMP=clamp is not None, NCOL=3, BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+            USE_CLAMP=clamp is not None, MASK_KIND=key[-1], MASK_COL=3,
+            NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
 
 
 __all__ = ["ham_sgd_", "ham_adam_", "mirror_step_"]

@@ -27,6 +27,16 @@ enum class MirrorForm : int32_t { Exp = 0, Hypentropy = 1 };
 enum class MirrorDirection : int32_t { Grad = 0, Update = 1 };  // d = g, or d = Adam's u
 enum class MirrorOrder : int32_t { After = 0, Before = 1 };      // mirror after/before AdamW
 
+// Optional dense masks of the fused steps, one per tensor (host array of pointers): where the
+// mask is 0 the param and all its state keep their bits. Bool: one byte per element (0 or 1);
+// Bits: bit-packed, element e is bit (e % 8) of byte e / 8 (numpy.packbits bitorder="little").
+enum class MaskKind : int32_t { None = 0, Bool = 1, Bits = 2 };
+
+struct Masks {
+  MaskKind kind = MaskKind::None;
+  const void* const* data = nullptr;  // n_tensors pointers (uint8), null when kind == None
+};
+
 struct MirrorConfig {
   double alpha = 0.0;
   double beta = 0.0;
@@ -77,16 +87,18 @@ namespace cpu {
 
 void ham_sgd_cpu(const SgdConfig& cfg, double inv_grad_scale, ScalarType param_type,
                  ScalarType state_type, int64_t n_tensors, void* const* params,
-                 const void* const* grads, void* const* momentum_buffers, const int64_t* numels);
+                 const void* const* grads, void* const* momentum_buffers, const int64_t* numels,
+                 Masks masks = {});
 
 void ham_adam_cpu(const AdamConfig& cfg, double inv_grad_scale, ScalarType param_type,
                   ScalarType state_type, int64_t n_tensors, void* const* params,
                   const void* const* grads, void* const* exp_avgs, void* const* exp_avg_sqs,
-                  void* const* max_exp_avg_sqs, const double* steps, const int64_t* numels);
+                  void* const* max_exp_avg_sqs, const double* steps, const int64_t* numels,
+                  Masks masks = {});
 
 void mirror_step_cpu(const MirrorStepConfig& cfg, double inv_grad_scale, ScalarType param_type,
                      int64_t n_tensors, void* const* params, const void* const* grads,
-                     const int64_t* numels);
+                     const int64_t* numels, Masks masks = {});
 
 // The instruction set the dispatcher picked on this machine: "avx512", "avx2" or "generic".
 const char* cpu_isa();

@@ -1,71 +1,17 @@
-// sparseopt_kernels._C: the thin binding between torch tensors and the torch-free kernels.
-//
-// The Python backends (sparseopt_kernels/backends) register these functions as the CPU/CUDA
-// kernels of the `sparseopt` ops after validating every argument, so this file only turns
-// tensors into raw pointers and host scalars. The TORCH_CHECKs are a second line of defence.
-#include <torch/extension.h>
-
+// Binding of the fused base step + mirror step (HAM, HORST): see csrc/include/sparseopt/
+// mirror_step.h. The Python backends validate every argument first; the TORCH_CHECKs here are a
+// second line of defence.
 #include <string>
-#include <vector>
 
-#include "sparseopt/mirror_step.h"
+#include "common.h"
 
 #ifdef SPARSEOPT_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include "sparseopt/mirror_step_cuda.h"
-#endif
-
-#ifndef SPARSEOPT_TORCH_VERSION
-#define SPARSEOPT_TORCH_VERSION "unknown"
-#endif
-#ifndef SPARSEOPT_CUDA_VERSION
-#define SPARSEOPT_CUDA_VERSION ""
-#endif
-#ifndef SPARSEOPT_CUDA_ARCHS
-#define SPARSEOPT_CUDA_ARCHS ""
 #endif
 
 namespace sparseopt {
 namespace binding {
-
-using TensorList = std::vector<at::Tensor>;
-
-ScalarType to_scalar_type(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return ScalarType::Float32;
-    case at::kDouble: return ScalarType::Float64;
-    case at::kBFloat16: return ScalarType::BFloat16;
-    case at::kHalf: return ScalarType::Float16;
-    default: TORCH_CHECK(false, "sparseopt: unsupported dtype ", t.scalar_type());
-  }
-}
-
-// Raw pointers of a tensor list (empty list → null pointer array, allowed for optional state).
-std::vector<void*> pointers(const TensorList& tensors, const char* name, size_t n) {
-  std::vector<void*> out;
-  if (tensors.empty()) return out;
-  TORCH_CHECK(tensors.size() == n, "sparseopt: ", name, " has ", tensors.size(),
-              " tensors, expected ", n);
-  out.reserve(n);
-  for (const auto& t : tensors) {
-    TORCH_CHECK(t.is_contiguous(), "sparseopt: ", name, " must be contiguous");
-    out.push_back(t.data_ptr());
-  }
-  return out;
-}
-
-std::vector<int64_t> numels_of(const TensorList& params) {
-  std::vector<int64_t> out;
-  out.reserve(params.size());
-  for (const auto& p : params) out.push_back(p.numel());
-  return out;
-}
-
-ScalarType state_type_of(const TensorList& params, const TensorList& state) {
-  return state.empty() ? to_scalar_type(params[0]) : to_scalar_type(state[0]);
-}
+namespace {
 
 MirrorConfig mirror_config(double alpha, double beta, c10::optional<double> clamp,
                            const std::string& form, double gamma, const std::string& direction,
@@ -83,10 +29,6 @@ MirrorConfig mirror_config(double alpha, double beta, c10::optional<double> clam
   return m;
 }
 
-const void* const* const_ptrs(const std::vector<void*>& v) {
-  return v.empty() ? nullptr : v.data();
-}
-void* const* or_null(const std::vector<void*>& v) { return v.empty() ? nullptr : v.data(); }
 
 // ------------------------------------------------------------------------------------------
 // CPU: every scalar lives on the host already; found_inf has been handled by the caller.
@@ -95,9 +37,10 @@ void ham_sgd_cpu(TensorList params, TensorList grads, TensorList momentum_buffer
                  double weight_decay, double momentum, double dampening, bool nesterov,
                  bool maximize, bool is_first_step, double alpha, double beta,
                  c10::optional<double> clamp, std::string mirror, double gamma,
-                 double inv_grad_scale) {
+                 double inv_grad_scale, c10::optional<TensorList> masks) {
   if (params.empty()) return;
   const size_t n = params.size();
+  const MaskPointers mp = mask_pointers(masks, n);
   SgdConfig cfg;
   cfg.lr = lr;
   cfg.weight_decay = weight_decay;
@@ -115,7 +58,8 @@ void ham_sgd_cpu(TensorList params, TensorList grads, TensorList momentum_buffer
   TORCH_CHECK(momentum == 0.0 || !b.empty(), "sparseopt: momentum_buffers are required");
   cpu::ham_sgd_cpu(cfg, inv_grad_scale, to_scalar_type(params[0]),
                    state_type_of(params, momentum != 0.0 ? momentum_buffers : TensorList{}),
-                   static_cast<int64_t>(n), p.data(), const_ptrs(g), or_null(b), numels.data());
+                   static_cast<int64_t>(n), p.data(), const_ptrs(g), or_null(b), numels.data(),
+                   mp.masks);
 }
 
 void ham_adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
@@ -123,9 +67,11 @@ void ham_adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
                   double lr, double beta1, double beta2, double weight_decay, double eps,
                   bool amsgrad, bool maximize, bool decoupled_weight_decay, double alpha,
                   double beta, c10::optional<double> clamp, std::string mirror, double gamma,
-                  std::string direction, std::string order, double inv_grad_scale) {
+                  std::string direction, std::string order, double inv_grad_scale,
+                  c10::optional<TensorList> masks) {
   if (params.empty()) return;
   const size_t n = params.size();
+  const MaskPointers mp = mask_pointers(masks, n);
   AdamConfig cfg;
   cfg.lr = lr;
   cfg.beta1 = beta1;
@@ -153,14 +99,16 @@ void ham_adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
   auto numels = numels_of(params);
   cpu::ham_adam_cpu(cfg, inv_grad_scale, to_scalar_type(params[0]),
                     state_type_of(params, exp_avgs), static_cast<int64_t>(n), p.data(),
-                    const_ptrs(g), m.data(), v.data(), or_null(vmax), steps.data(), numels.data());
+                    const_ptrs(g), m.data(), v.data(), or_null(vmax), steps.data(), numels.data(),
+                    mp.masks);
 }
 
 void mirror_step_cpu(TensorList params, TensorList grads, double lr, double alpha, double beta,
                      c10::optional<double> clamp, std::string mirror, double gamma,
-                     bool maximize, double inv_grad_scale) {
+                     bool maximize, double inv_grad_scale, c10::optional<TensorList> masks) {
   if (params.empty()) return;
   const size_t n = params.size();
+  const MaskPointers mp = mask_pointers(masks, n);
   MirrorStepConfig cfg;
   cfg.lr = lr;
   cfg.maximize = maximize;
@@ -169,7 +117,7 @@ void mirror_step_cpu(TensorList params, TensorList grads, double lr, double alph
   auto g = pointers(grads, "grads", n);
   auto numels = numels_of(params);
   cpu::mirror_step_cpu(cfg, inv_grad_scale, to_scalar_type(params[0]),
-                       static_cast<int64_t>(n), p.data(), const_ptrs(g), numels.data());
+                       static_cast<int64_t>(n), p.data(), const_ptrs(g), numels.data(), mp.masks);
 }
 
 #ifdef SPARSEOPT_WITH_CUDA
@@ -180,26 +128,11 @@ void mirror_step_cpu(TensorList params, TensorList grads, double lr, double alph
 cuda::DeviceScalars device_scalars(const c10::optional<at::Tensor>& lr_tensor,
                                    const c10::optional<at::Tensor>& grad_scale,
                                    const c10::optional<at::Tensor>& found_inf) {
-  auto ptr = [](const c10::optional<at::Tensor>& t, const char* name) -> const float* {
-    if (!t.has_value()) return nullptr;
-    TORCH_CHECK(t->is_cuda() && t->scalar_type() == at::kFloat && t->numel() == 1,
-                "sparseopt: ", name, " must be a float32 CUDA scalar");
-    return t->data_ptr<float>();
-  };
   cuda::DeviceScalars s;
-  s.lr = ptr(lr_tensor, "lr_tensor");
-  s.grad_scale = ptr(grad_scale, "grad_scale");
-  s.found_inf = ptr(found_inf, "found_inf");
+  s.lr = device_scalar_ptr(lr_tensor, "lr_tensor");
+  s.grad_scale = device_scalar_ptr(grad_scale, "grad_scale");
+  s.found_inf = device_scalar_ptr(found_inf, "found_inf");
   return s;
-}
-
-void check_cuda(cudaError_t err) {
-  TORCH_CHECK(err == cudaSuccess, "sparseopt: CUDA kernel launch failed: ",
-              cudaGetErrorString(err));
-}
-
-cudaStream_t current_stream(const at::Tensor& t) {
-  return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
 }
 
 void ham_sgd_cuda(TensorList params, TensorList grads, TensorList momentum_buffers, double lr,
@@ -207,10 +140,11 @@ void ham_sgd_cuda(TensorList params, TensorList grads, TensorList momentum_buffe
                   double dampening, bool nesterov, bool maximize, bool is_first_step,
                   double alpha, double beta, c10::optional<double> clamp, std::string mirror,
                   double gamma, c10::optional<at::Tensor> grad_scale,
-                  c10::optional<at::Tensor> found_inf) {
+                  c10::optional<at::Tensor> found_inf, c10::optional<TensorList> masks) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const size_t n = params.size();
+  const MaskPointers mp = mask_pointers(masks, n);
   SgdConfig cfg;
   cfg.lr = lr;
   cfg.weight_decay = weight_decay;
@@ -229,7 +163,7 @@ void ham_sgd_cuda(TensorList params, TensorList grads, TensorList momentum_buffe
       cfg, device_scalars(lr_tensor, grad_scale, found_inf), to_scalar_type(params[0]),
       state_type_of(params, momentum != 0.0 ? momentum_buffers : TensorList{}),
       static_cast<int64_t>(n), p.data(), const_ptrs(g), or_null(b), numels.data(),
-      current_stream(params[0])));
+      current_stream(params[0]), mp.masks));
 }
 
 void ham_adam_cuda(TensorList params, TensorList grads, TensorList exp_avgs,
@@ -239,10 +173,12 @@ void ham_adam_cuda(TensorList params, TensorList grads, TensorList exp_avgs,
                    bool decoupled_weight_decay, double alpha, double beta,
                    c10::optional<double> clamp, std::string mirror, double gamma,
                    std::string direction, std::string order,
-                   c10::optional<at::Tensor> grad_scale, c10::optional<at::Tensor> found_inf) {
+                   c10::optional<at::Tensor> grad_scale, c10::optional<at::Tensor> found_inf,
+                   c10::optional<TensorList> masks) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const size_t n = params.size();
+  const MaskPointers mp = mask_pointers(masks, n);
   AdamConfig cfg;
   cfg.lr = lr;
   cfg.beta1 = beta1;
@@ -281,17 +217,18 @@ void ham_adam_cuda(TensorList params, TensorList grads, TensorList exp_avgs,
   check_cuda(cuda::ham_adam_cuda(
       cfg, device_scalars(lr_tensor, grad_scale, found_inf), steps, to_scalar_type(params[0]),
       state_type_of(params, exp_avgs), static_cast<int64_t>(n), p.data(), const_ptrs(g),
-      m.data(), v.data(), or_null(vmax), numels.data(), current_stream(params[0])));
+      m.data(), v.data(), or_null(vmax), numels.data(), current_stream(params[0]), mp.masks));
 }
 
 void mirror_step_cuda(TensorList params, TensorList grads, double lr,
                       c10::optional<at::Tensor> lr_tensor, double alpha, double beta,
                       c10::optional<double> clamp, std::string mirror, double gamma,
                       bool maximize, c10::optional<at::Tensor> grad_scale,
-                      c10::optional<at::Tensor> found_inf) {
+                      c10::optional<at::Tensor> found_inf, c10::optional<TensorList> masks) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const size_t n = params.size();
+  const MaskPointers mp = mask_pointers(masks, n);
   MirrorStepConfig cfg;
   cfg.lr = lr;
   cfg.maximize = maximize;
@@ -302,72 +239,46 @@ void mirror_step_cuda(TensorList params, TensorList grads, double lr,
   check_cuda(cuda::mirror_step_cuda(cfg, device_scalars(lr_tensor, grad_scale, found_inf),
                                     to_scalar_type(params[0]), static_cast<int64_t>(n),
                                     p.data(), const_ptrs(g), numels.data(),
-                                    current_stream(params[0])));
+                                    current_stream(params[0]), mp.masks));
 }
 #endif  // SPARSEOPT_WITH_CUDA
 
-py::dict build_info() {
-  py::dict info;
-  info["torch_version"] = SPARSEOPT_TORCH_VERSION;
-#ifdef SPARSEOPT_WITH_CUDA
-  info["cuda"] = true;
-  info["cuda_version"] = SPARSEOPT_CUDA_VERSION;
-  info["cuda_archs"] = SPARSEOPT_CUDA_ARCHS;
-#else
-  info["cuda"] = false;
-  info["cuda_version"] = "";
-  info["cuda_archs"] = "";
-#endif
-#ifdef _OPENMP
-  info["openmp"] = true;
-#else
-  info["openmp"] = false;
-#endif
-  info["cpu_isa"] = cpu::cpu_isa();
-#if defined(__clang__)
-  info["compiler"] = std::string("clang ") + __clang_version__;
-#elif defined(__GNUC__)
-  info["compiler"] = std::string("gcc ") + __VERSION__;
-#else
-  info["compiler"] = "unknown";
-#endif
-  return info;
-}
 
-}  // namespace binding
-}  // namespace sparseopt
+}  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+void register_mirror_step(py::module_& m) {
   namespace b = sparseopt::binding;
   using py::arg;
-  m.doc() = "sparseopt_kernels native kernels (C++ CPU, CUDA when built with it)";
-  m.def("build_info", &b::build_info, "How this extension was built");
   m.def("ham_sgd_cpu", &b::ham_sgd_cpu, arg("params"), arg("grads"), arg("momentum_buffers"),
         arg("lr"), arg("weight_decay"), arg("momentum"), arg("dampening"), arg("nesterov"),
         arg("maximize"), arg("is_first_step"), arg("alpha"), arg("beta"), arg("clamp"),
-        arg("mirror"), arg("gamma"), arg("inv_grad_scale"));
+        arg("mirror"), arg("gamma"), arg("inv_grad_scale"), arg("masks"));
   m.def("ham_adam_cpu", &b::ham_adam_cpu, arg("params"), arg("grads"), arg("exp_avgs"),
         arg("exp_avg_sqs"), arg("max_exp_avg_sqs"), arg("state_steps"), arg("lr"),
         arg("beta1"), arg("beta2"), arg("weight_decay"), arg("eps"), arg("amsgrad"),
         arg("maximize"), arg("decoupled_weight_decay"), arg("alpha"), arg("beta"),
         arg("clamp"), arg("mirror"), arg("gamma"), arg("direction"), arg("order"),
-        arg("inv_grad_scale"));
+        arg("inv_grad_scale"), arg("masks"));
   m.def("mirror_step_cpu", &b::mirror_step_cpu, arg("params"), arg("grads"), arg("lr"),
         arg("alpha"), arg("beta"), arg("clamp"), arg("mirror"), arg("gamma"), arg("maximize"),
-        arg("inv_grad_scale"));
+        arg("inv_grad_scale"), arg("masks"));
 #ifdef SPARSEOPT_WITH_CUDA
   m.def("ham_sgd_cuda", &b::ham_sgd_cuda, arg("params"), arg("grads"), arg("momentum_buffers"),
         arg("lr"), arg("lr_tensor"), arg("weight_decay"), arg("momentum"), arg("dampening"),
         arg("nesterov"), arg("maximize"), arg("is_first_step"), arg("alpha"), arg("beta"),
-        arg("clamp"), arg("mirror"), arg("gamma"), arg("grad_scale"), arg("found_inf"));
+        arg("clamp"), arg("mirror"), arg("gamma"), arg("grad_scale"), arg("found_inf"),
+        arg("masks"));
   m.def("ham_adam_cuda", &b::ham_adam_cuda, arg("params"), arg("grads"), arg("exp_avgs"),
         arg("exp_avg_sqs"), arg("max_exp_avg_sqs"), arg("state_steps"), arg("lr"),
         arg("lr_tensor"), arg("beta1"), arg("beta2"), arg("weight_decay"), arg("eps"),
         arg("amsgrad"), arg("maximize"), arg("decoupled_weight_decay"), arg("alpha"),
         arg("beta"), arg("clamp"), arg("mirror"), arg("gamma"), arg("direction"), arg("order"),
-        arg("grad_scale"), arg("found_inf"));
+        arg("grad_scale"), arg("found_inf"), arg("masks"));
   m.def("mirror_step_cuda", &b::mirror_step_cuda, arg("params"), arg("grads"), arg("lr"),
         arg("lr_tensor"), arg("alpha"), arg("beta"), arg("clamp"), arg("mirror"), arg("gamma"),
-        arg("maximize"), arg("grad_scale"), arg("found_inf"));
+        arg("maximize"), arg("grad_scale"), arg("found_inf"), arg("masks"));
 #endif
 }
+
+}  // namespace binding
+}  // namespace sparseopt
