@@ -84,7 +84,8 @@ def validated(name, kernel):
 
     def run(*args, **kwargs):
         check(*args, **kwargs)
-        return kernel(*args, **kwargs)
+        with torch.no_grad():  # in-place updates of leaf params, as inside torch.optim
+            return kernel(*args, **kwargs)
 
     run.__name__ = f"{name}{getattr(kernel, '__name__', 'kernel')}"
     return run
@@ -143,6 +144,35 @@ define("compact_adam_",
        f"float beta2=0.999, float eps=1e-8, float weight_decay=0., bool maximize=False, "
        f"{_AMP_ARGS}) -> ()",
        "masked", _ref_masked.compact_adam_, validate_compact_adam_)
+
+
+_SCALAR_KINDS: dict = {}
+
+
+def check_scalar_types(name: str, kwargs: dict) -> None:
+    """Clear TypeErrors for keyword scalars of the wrong type (the dispatcher's own message
+    would be a RuntimeError about a C++ cast). Cheap: no tensor is looked at."""
+    kinds = _SCALAR_KINDS.get(name)
+    if kinds is None:
+        schema = getattr(torch.ops.sparseopt, name).default._schema
+        kinds = _SCALAR_KINDS[name] = {}
+        for a in schema.arguments:
+            t = a.type
+            if isinstance(t, torch._C.OptionalType):
+                t = t.getElementType()
+            kinds[a.name] = str(t)
+    for key, value in kwargs.items():
+        kind = kinds.get(key)
+        if value is None or kind not in ("float", "int", "bool", "str"):
+            continue
+        if kind == "float":
+            _checks.check_real(key, value, high=None)
+        elif kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"{key} must be an int, got {type(value).__name__} ({value!r})")
+        elif kind == "bool" and not isinstance(value, bool):
+            raise TypeError(f"{key} must be a bool, got {type(value).__name__} ({value!r})")
+        elif kind == "str" and not isinstance(value, str):
+            raise TypeError(f"{key} must be a str, got {type(value).__name__} ({value!r})")
 
 
 def ops():

@@ -44,6 +44,7 @@ def _run_grouped(op: str, lists: Sequence[List[Tensor]], optional: Sequence[bool
 
     ``optional[i]`` marks a list that may be empty (e.g. max_exp_avg_sqs without amsgrad).
     """
+    _ops.check_scalar_types(op, kwargs)
     params = lists[0]
     if not isinstance(params, (list, tuple)):
         raise TypeError(f"params must be a list of tensors, got {type(params).__name__}")
@@ -75,8 +76,10 @@ def _run_grouped(op: str, lists: Sequence[List[Tensor]], optional: Sequence[bool
         if kw.get("masks") is not None:  # one mask per param: split like the params
             masks = kw["masks"]
             kw["masks"] = [masks[i] for i in idx] if len(masks) == len(params) else list(masks)
-        _ops.VALIDATORS[op](*args, **kw)
         calls.append((args, kw))
+    if len(calls) > 1:  # check every split before running any; one split is checked by its op
+        for args, kw in calls:
+            _ops.VALIDATORS[op](*args, **kw)
     fn = getattr(torch.ops.sparseopt, op)
     outputs = [fn(*args, **kw) for args, kw in calls]
     return groups, outputs

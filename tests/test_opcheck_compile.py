@@ -88,3 +88,15 @@ def test_optimizer_step_under_torch_compile(make_opt):
             run()
     for a, b in zip(model.parameters(), twin.parameters()):
         assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", [b for b in cpu_backends() if b.id != "triton"])
+def test_functional_on_leaf_params_that_require_grad(backend, use_backend):
+    """Like torch.optim's functional API: in-place updates of leaf params work on every
+    backend, whether or not grad mode is on."""
+    use_backend(backend)
+    p = [torch.randn(6, 3, requires_grad=True)]
+    g = [torch.randn(6, 3)]
+    F.mirror_step(p, g, lr=0.1, alpha=5.0)
+    F.ham_adam(p, g, [torch.zeros(6, 3)], [torch.zeros(6, 3)], [], [torch.tensor(0.0)], lr=0.1)
+    assert p[0].requires_grad and p[0].grad_fn is None

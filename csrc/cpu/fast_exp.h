@@ -27,6 +27,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #define SPARSEOPT_AI inline __attribute__((always_inline))
 
@@ -139,6 +140,29 @@ SPARSEOPT_AI void store(float* p, double x) { *p = static_cast<float>(x); }
 SPARSEOPT_AI void store(double* p, double x) { *p = x; }
 SPARSEOPT_AI void store(bf16_t* p, float x) { *p = to_bf16(x); }
 SPARSEOPT_AI void store(f16_t* p, float x) { *p = to_f16(x); }
+
+// Loop-invariant flags as all-ones/all-zeros bit masks applied with and/or, not bools: GCC 12
+// cannot vectorize `flag ? a : b` with a loop-invariant scalar bool ("relevant stmt not
+// supported"), and unswitching every flag would multiply the instantiations. The bit select is
+// exact (it returns a or b unchanged) and costs three vector logic ops.
+template <class C>
+using MaskT = typename std::conditional<std::is_same<C, float>::value, uint32_t, uint64_t>::type;
+
+template <class C>
+MaskT<C> mask_of(bool b) {
+  return b ? ~MaskT<C>(0) : MaskT<C>(0);
+}
+
+template <class C>
+SPARSEOPT_AI C sel(MaskT<C> m, C a, C b) {
+  MaskT<C> ua, ub;
+  std::memcpy(&ua, &a, sizeof a);
+  std::memcpy(&ub, &b, sizeof b);
+  const MaskT<C> r = (ua & m) | (ub & ~m);
+  C out;
+  std::memcpy(&out, &r, sizeof out);
+  return out;
+}
 
 }  // namespace detail
 }  // namespace cpu

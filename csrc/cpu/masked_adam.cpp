@@ -143,24 +143,9 @@ struct SelectItem {
 // ------------------------------------------------------------------------------------------
 // Compact step.
 
-template <class C>
-using MaskT = typename std::conditional<std::is_same<C, float>::value, uint32_t, uint64_t>::type;
-
-template <class C>
-SPARSEOPT_AI C sel(MaskT<C> m, C a, C b) {
-  MaskT<C> ua, ub;
-  std::memcpy(&ua, &a, sizeof a);
-  std::memcpy(&ub, &b, sizeof b);
-  const MaskT<C> r = (ua & m) | (ub & ~m);
-  C out;
-  std::memcpy(&out, &r, sizeof out);
-  return out;
-}
-
-template <class C>
-MaskT<C> mask_of(bool b) {
-  return b ? ~MaskT<C>(0) : MaskT<C>(0);
-}
+using detail::mask_of;
+using detail::MaskT;
+using detail::sel;
 
 SPARSEOPT_AI float sqrt_c(float x) { return ::sqrtf(x); }
 SPARSEOPT_AI double sqrt_c(double x) { return ::sqrt(x); }

@@ -201,28 +201,10 @@ SPARSEOPT_AI C nan_max(C a, C b) {
   return b != b ? b : r;
 }
 
-// Loop-invariant flags are all-ones/all-zeros bit masks applied with and/or, not bools: GCC 12
-// cannot vectorize `flag ? a : b` with a loop-invariant scalar bool ("relevant stmt not
-// supported"), and unswitching every flag would multiply the instantiations. The bit select is
-// exact (it returns a or b unchanged) and costs three vector logic ops.
-template <class C>
-using MaskT = typename std::conditional<std::is_same<C, float>::value, uint32_t, uint64_t>::type;
-
-template <class C>
-MaskT<C> mask_of(bool b) {
-  return b ? ~MaskT<C>(0) : MaskT<C>(0);
-}
-
-template <class C>
-SPARSEOPT_AI C sel(MaskT<C> m, C a, C b) {
-  MaskT<C> ua, ub;
-  std::memcpy(&ua, &a, sizeof a);
-  std::memcpy(&ub, &b, sizeof b);
-  const MaskT<C> r = (ua & m) | (ub & ~m);
-  C out;
-  std::memcpy(&out, &r, sizeof out);
-  return out;
-}
+// Loop-invariant flags are bit masks (detail::MaskT, mask_of, sel in fast_exp.h).
+using detail::mask_of;
+using detail::MaskT;
+using detail::sel;
 
 // Dense masks. Where the mask is 0 the element's param and state keep their bits: every store
 // becomes "new value where on, old value elsewhere", a branch-free bit select on the storage

@@ -57,6 +57,7 @@
 #include <initializer_list>
 #include <vector>
 
+#include "element.cuh"
 #include "multi_tensor.cuh"
 #include "sparseopt/masked_adam_cuda.h"
 
@@ -414,28 +415,6 @@ SPARSEOPT_HD int64_t offset_to_index(const PositionSplit& s, int off, uint32_t k
   return chunk * chunk_size + static_cast<int64_t>(offset);
 }
 
-template <typename T>
-__device__ __forceinline__ float to_float(T x);
-template <>
-__device__ __forceinline__ float to_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <>
-__device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
-
-// Round to nearest even, like Tensor.to(dtype).
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 
 template <typename P, typename S, typename I>
 __global__ void __launch_bounds__(mt::kBlockThreads, 2)

@@ -52,6 +52,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "element.cuh"
 #include "multi_tensor.cuh"
 #include "sparseopt/mirror_step_cuda.h"
 
@@ -75,28 +76,6 @@ constexpr int kAdamMinBlocksPerSm = (sizeof(P) == 2 && kAmsgrad) ? 1 : kMinBlock
 // ---------------------------------------------------------------------------------------------
 // Element access: float32 arithmetic on float32 / bf16 / fp16 storage.
 
-template <typename T>
-__device__ __forceinline__ float to_float(T x);
-template <>
-__device__ __forceinline__ float to_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) {
-  return __bfloat162float(x);
-}
-template <>
-__device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
-
-// Round to nearest even, like Tensor.to(dtype).
-template <typename T>
-__device__ __forceinline__ T from_float(float x);
-template <>
-__device__ __forceinline__ float from_float<float>(float x) { return x; }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
 
 // N consecutive elements at p: one scalar access (N == 1) or N * sizeof(T) / 16 accesses of 16
 // bytes (p must then be 16-byte aligned).

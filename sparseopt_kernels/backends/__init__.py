@@ -145,12 +145,13 @@ def _kernel(op: str) -> Callable:
         first = args[0]  # the params (a list) or the input tensor of the op
         params: List[torch.Tensor] = first if isinstance(first, (list, tuple)) else [first]
         if len(params) == 0:
-            return _implementation("reference", op)(*args, **kwargs)
+            return _ops.validated(op, _implementation("reference", op))(*args, **kwargs)
         device_type = params[0].device.type
         backend = select(device_type, params[0].dtype, op)
         if backend == "reference" and device_type == "cuda":
             _warn_reference_on_cuda(op)
-        return _implementation(backend, op)(*args, **kwargs)
+        with torch.no_grad():  # in-place updates of leaf params, as inside torch.optim
+            return _implementation(backend, op)(*args, **kwargs)
 
     run.__name__ = f"{op}dispatch"
     return run
