@@ -30,6 +30,50 @@ MirrorConfig mirror_config(double alpha, double beta, c10::optional<double> clam
 }
 
 
+// The configs of the three ops, shared by the CPU and CUDA entry points.
+SgdConfig sgd_config(double lr, double weight_decay, double momentum, double dampening,
+                     bool nesterov, bool maximize, bool is_first_step, double alpha, double beta,
+                     c10::optional<double> clamp, const std::string& mirror, double gamma) {
+  SgdConfig cfg;
+  cfg.lr = lr;
+  cfg.weight_decay = weight_decay;
+  cfg.momentum = momentum;
+  cfg.dampening = dampening;
+  cfg.nesterov = nesterov;
+  cfg.maximize = maximize;
+  cfg.is_first_step = is_first_step;
+  cfg.mirror = mirror_config(alpha, beta, clamp, mirror, gamma, "grad", "after");
+  return cfg;
+}
+
+AdamConfig adam_config(double lr, double beta1, double beta2, double eps, double weight_decay,
+                       bool amsgrad, bool maximize, bool decoupled_weight_decay, double alpha,
+                       double beta, c10::optional<double> clamp, const std::string& mirror,
+                       double gamma, const std::string& direction, const std::string& order) {
+  AdamConfig cfg;
+  cfg.lr = lr;
+  cfg.beta1 = beta1;
+  cfg.beta2 = beta2;
+  cfg.eps = eps;
+  cfg.weight_decay = weight_decay;
+  cfg.amsgrad = amsgrad;
+  cfg.maximize = maximize;
+  cfg.decoupled_weight_decay = decoupled_weight_decay;
+  cfg.mirror = mirror_config(alpha, beta, clamp, mirror, gamma, direction, order);
+  return cfg;
+}
+
+MirrorStepConfig mirror_step_config(double lr, bool maximize, double alpha, double beta,
+                                    c10::optional<double> clamp, const std::string& mirror,
+                                    double gamma) {
+  MirrorStepConfig cfg;
+  cfg.lr = lr;
+  cfg.maximize = maximize;
+  cfg.mirror = mirror_config(alpha, beta, clamp, mirror, gamma, "grad", "after");
+  return cfg;
+}
+
+
 // ------------------------------------------------------------------------------------------
 // CPU: every scalar lives on the host already; found_inf has been handled by the caller.
 
@@ -41,15 +85,8 @@ void ham_sgd_cpu(TensorList params, TensorList grads, TensorList momentum_buffer
   if (params.empty()) return;
   const size_t n = params.size();
   const MaskPointers mp = mask_pointers(masks, n);
-  SgdConfig cfg;
-  cfg.lr = lr;
-  cfg.weight_decay = weight_decay;
-  cfg.momentum = momentum;
-  cfg.dampening = dampening;
-  cfg.nesterov = nesterov;
-  cfg.maximize = maximize;
-  cfg.is_first_step = is_first_step;
-  cfg.mirror = mirror_config(alpha, beta, clamp, mirror, gamma, "grad", "after");
+  const SgdConfig cfg = sgd_config(lr, weight_decay, momentum, dampening, nesterov, maximize,
+                                   is_first_step, alpha, beta, clamp, mirror, gamma);
   auto p = pointers(params, "params", n);
   auto g = pointers(grads, "grads", n);
   auto b = momentum != 0.0 ? pointers(momentum_buffers, "momentum_buffers", n)
@@ -72,16 +109,9 @@ void ham_adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
   if (params.empty()) return;
   const size_t n = params.size();
   const MaskPointers mp = mask_pointers(masks, n);
-  AdamConfig cfg;
-  cfg.lr = lr;
-  cfg.beta1 = beta1;
-  cfg.beta2 = beta2;
-  cfg.eps = eps;
-  cfg.weight_decay = weight_decay;
-  cfg.amsgrad = amsgrad;
-  cfg.maximize = maximize;
-  cfg.decoupled_weight_decay = decoupled_weight_decay;
-  cfg.mirror = mirror_config(alpha, beta, clamp, mirror, gamma, direction, order);
+  const AdamConfig cfg =
+      adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                  decoupled_weight_decay, alpha, beta, clamp, mirror, gamma, direction, order);
   auto p = pointers(params, "params", n);
   auto g = pointers(grads, "grads", n);
   auto m = pointers(exp_avgs, "exp_avgs", n);
@@ -109,10 +139,7 @@ void mirror_step_cpu(TensorList params, TensorList grads, double lr, double alph
   if (params.empty()) return;
   const size_t n = params.size();
   const MaskPointers mp = mask_pointers(masks, n);
-  MirrorStepConfig cfg;
-  cfg.lr = lr;
-  cfg.maximize = maximize;
-  cfg.mirror = mirror_config(alpha, beta, clamp, mirror, gamma, "grad", "after");
+  const MirrorStepConfig cfg = mirror_step_config(lr, maximize, alpha, beta, clamp, mirror, gamma);
   auto p = pointers(params, "params", n);
   auto g = pointers(grads, "grads", n);
   auto numels = numels_of(params);
@@ -145,15 +172,8 @@ void ham_sgd_cuda(TensorList params, TensorList grads, TensorList momentum_buffe
   const c10::cuda::CUDAGuard guard(params[0].device());
   const size_t n = params.size();
   const MaskPointers mp = mask_pointers(masks, n);
-  SgdConfig cfg;
-  cfg.lr = lr;
-  cfg.weight_decay = weight_decay;
-  cfg.momentum = momentum;
-  cfg.dampening = dampening;
-  cfg.nesterov = nesterov;
-  cfg.maximize = maximize;
-  cfg.is_first_step = is_first_step;
-  cfg.mirror = mirror_config(alpha, beta, clamp, mirror, gamma, "grad", "after");
+  const SgdConfig cfg = sgd_config(lr, weight_decay, momentum, dampening, nesterov, maximize,
+                                   is_first_step, alpha, beta, clamp, mirror, gamma);
   auto p = pointers(params, "params", n);
   auto g = pointers(grads, "grads", n);
   auto b = momentum != 0.0 ? pointers(momentum_buffers, "momentum_buffers", n)
@@ -179,16 +199,9 @@ void ham_adam_cuda(TensorList params, TensorList grads, TensorList exp_avgs,
   const c10::cuda::CUDAGuard guard(params[0].device());
   const size_t n = params.size();
   const MaskPointers mp = mask_pointers(masks, n);
-  AdamConfig cfg;
-  cfg.lr = lr;
-  cfg.beta1 = beta1;
-  cfg.beta2 = beta2;
-  cfg.eps = eps;
-  cfg.weight_decay = weight_decay;
-  cfg.amsgrad = amsgrad;
-  cfg.maximize = maximize;
-  cfg.decoupled_weight_decay = decoupled_weight_decay;
-  cfg.mirror = mirror_config(alpha, beta, clamp, mirror, gamma, direction, order);
+  const AdamConfig cfg =
+      adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                  decoupled_weight_decay, alpha, beta, clamp, mirror, gamma, direction, order);
   auto p = pointers(params, "params", n);
   auto g = pointers(grads, "grads", n);
   auto m = pointers(exp_avgs, "exp_avgs", n);
@@ -229,10 +242,7 @@ void mirror_step_cuda(TensorList params, TensorList grads, double lr,
   const c10::cuda::CUDAGuard guard(params[0].device());
   const size_t n = params.size();
   const MaskPointers mp = mask_pointers(masks, n);
-  MirrorStepConfig cfg;
-  cfg.lr = lr;
-  cfg.maximize = maximize;
-  cfg.mirror = mirror_config(alpha, beta, clamp, mirror, gamma, "grad", "after");
+  const MirrorStepConfig cfg = mirror_step_config(lr, maximize, alpha, beta, clamp, mirror, gamma);
   auto p = pointers(params, "params", n);
   auto g = pointers(grads, "grads", n);
   auto numels = numels_of(params);
