@@ -48,9 +48,10 @@ def test_optim_quick_writes_json_csv_png(tmp_path, capsys):
     assert "copy bandwidth" in text and "cores" in text
     data = load(str(out) + ".json")
     meta = data["meta"]
-    for key in ("device", "torch", "triton", "cuda", "build", "copy_bandwidth_gbps",
-                "timestamp", "git_sha", "compute_units"):
+    for key in ("device", "versions", "torch", "triton", "cuda", "build",
+                "copy_bandwidth_gbps", "timestamp", "git_sha", "compute_units"):
         assert key in meta
+    assert set(meta["versions"]) >= {"torch", "triton", "cuda"}
     assert meta["copy_bandwidth_gbps"] > 0
     results = data["results"]
     # ham-adamw: 3 providers, mirror: 2 (it has no torch-fused), 2 quick sizes each
@@ -63,7 +64,8 @@ def test_optim_quick_writes_json_csv_png(tmp_path, capsys):
         assert set(r["speedup_vs"]) == {x["provider"] for x in results
                                         if (x["case"], x["size"]) == (r["case"], r["size"])
                                         } - {r["provider"]}
-        for key in ("family", "case", "provider", "dtype", "numel", "n_tensors"):
+        for key in ("family", "case", "provider", "dtype", "numel", "n_tensors", "median_ms",
+                    "p20_ms", "p80_ms", "bytes_per_element", "gbps", "pct_copy_bw"):
             assert r[key] is not None
     with open(str(out) + ".csv") as f:
         rows = list(csv.DictReader(f))

@@ -321,8 +321,9 @@ def environment(device_type: str) -> Dict[str, Any]:
     """The run's metadata (the JSON ``meta``), without the copy bandwidth."""
     import sparseopt_kernels as sk
     meta = dict(device_type=device_type, **device_info(device_type))
-    meta.update(torch=torch.__version__, triton=_triton_version(), cuda=torch.version.cuda,
-                python=platform.python_version(), build=sk.build_info(),
+    versions = dict(torch=torch.__version__, triton=_triton_version(), cuda=torch.version.cuda,
+                    python=platform.python_version())
+    meta.update(versions=versions, **versions, build=sk.build_info(),
                 backend=os.environ.get(BACKEND_ENV_VAR, "auto"),
                 triton_interpret=os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
                 git_sha=git_sha(),
