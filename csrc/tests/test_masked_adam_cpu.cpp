@@ -28,86 +28,14 @@
 #include <string>
 #include <vector>
 
-#include "../cpu/fast_exp.h"
 #include "sparseopt/masked_adam.h"
-#include "sparseopt/mirror_step.h"
+#include "test_util.h"
 
-namespace sparseopt {
-namespace cpu {
-const char* set_cpu_isa_for_testing(const char* name);  // csrc/cpu/mirror_step.cpp
-}
-}  // namespace sparseopt
-
-using namespace sparseopt;
-using sparseopt::cpu::detail::bf16_t;
-using sparseopt::cpu::detail::f16_t;
 using ST = ScalarType;
 
-static int g_passed = 0, g_failed = 0;
 static std::vector<const char*> g_isas;  // the ISAs this machine can run, best first
 
-static void check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    if (g_failed <= 50) std::printf("FAIL: %s\n", what.c_str());
-  }
-}
-
-static uint32_t f2u(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return u;
-}
-static float u2f(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-
-// Storage helpers: a tensor is a std::vector<uint8_t> holding elements of a ScalarType.
-static size_t elt_size(ST t) { return t == ST::Float64 ? 8 : t == ST::Float32 ? 4 : 2; }
-static double get(const std::vector<uint8_t>& buf, ST t, size_t i) {
-  switch (t) {
-    case ST::Float32: { float v; std::memcpy(&v, &buf[i * 4], 4); return v; }
-    case ST::Float64: { double v; std::memcpy(&v, &buf[i * 8], 8); return v; }
-    case ST::BFloat16: { bf16_t v; std::memcpy(&v, &buf[i * 2], 2); return cpu::detail::widen(v); }
-    default: { f16_t v; std::memcpy(&v, &buf[i * 2], 2); return cpu::detail::widen(v); }
-  }
-}
-static void put(std::vector<uint8_t>& buf, ST t, size_t i, double x) {
-  switch (t) {
-    case ST::Float32: { float v = static_cast<float>(x); std::memcpy(&buf[i * 4], &v, 4); break; }
-    case ST::Float64: std::memcpy(&buf[i * 8], &x, 8); break;
-    case ST::BFloat16: { bf16_t v = cpu::detail::to_bf16(static_cast<float>(x)); std::memcpy(&buf[i * 2], &v, 2); break; }
-    default: { f16_t v = cpu::detail::to_f16(static_cast<float>(x)); std::memcpy(&buf[i * 2], &v, 2); break; }
-  }
-}
 using Buf = std::vector<uint8_t>;
-static Buf make(ST t, size_t n) { return Buf(n * elt_size(t)); }
-static const char* tname(ST t) {
-  switch (t) {
-    case ST::Float32: return "f32";
-    case ST::Float64: return "f64";
-    case ST::BFloat16: return "bf16";
-    default: return "f16";
-  }
-}
-static double tol(ST t) {
-  switch (t) {
-    case ST::Float64: return 1e-12;
-    case ST::Float32: return 4e-6;
-    case ST::BFloat16: return 1.0 / 128;
-    default: return 1.0 / 1024;
-  }
-}
-template <class V>
-static std::vector<void*> ptrs(V& bufs) {
-  std::vector<void*> out;
-  for (auto& b : bufs) out.push_back(b.data());
-  return out;
-}
 template <class V>
 static std::vector<const void*> cptrs(V& bufs) {
   std::vector<const void*> out;
@@ -324,10 +252,6 @@ static void compact_kernel(const CompactAdamConfig& c, double inv_scale, double 
                         pr.numels.data());
 }
 
-static bool close(double got, double want, double rtol, double atol) {
-  if (std::isnan(want)) return std::isnan(got);
-  return std::fabs(got - want) <= atol + rtol * std::fabs(want);
-}
 
 // got vs want: selected params / moments within tolerance, everything else bit-identical to
 // `init`.
