@@ -58,10 +58,9 @@ import triton.language as tl
 
 from ..reference.masked import chunk_k, num_selected
 from ..reference.mirror import _advance_steps
-from .mirror_step import (_BLOCK, _DTYPE_CODES, _NUM_WARPS, _check_device, _check_float,
-                          _chunk, _common, _contiguous, _dense_steps, _load_grad, _log,
-                          _one_minus_pow, _or, _steps_in_table, _tables, _to_storage,
-                          _typed_ptr)
+from .mirror_step import (_BLOCK, _DTYPE_CODES, _NUM_WARPS, _bias_corrections, _check_device,
+                          _check_float, _chunk, _common, _contiguous, _dense_steps, _load_grad,
+                          _log, _or, _steps_in_table, _tables, _to_storage, _typed_ptr)
 
 # Largest chunk one program selects from: the whole chunk's keys sit in registers (16384 int32
 # keys over 16 warps = 32 registers per thread), and the 31 counting passes re-read them there.
@@ -145,12 +144,8 @@ def _compact_adam_kernel(table, blocks, steps, lr, lr_ptr, grad_scale_ptr, found
     if HAS_LR_TENSOR:
         lr = tl.load(lr_ptr).to(tl.float32)
 
-    if STEPS_IN_TABLE:
-        step = tl.load(_typed_ptr(tl.load(row + NCOL - 1), STEP_CODE)).to(tl.float32)
-    else:
-        step = tl.load(steps + t)
-    bc1 = _one_minus_pow(step, log_beta1)
-    bc2_sqrt = tl.sqrt_rn(_one_minus_pow(step, log_beta2))
+    bc1, bc2_sqrt = _bias_corrections(row, steps, t, log_beta1, log_beta2, NCOL, STEP_CODE,
+                                      STEPS_IN_TABLE)
 
     # Flat element index (int64: tensors may exceed 2³¹ elements with int16 offsets).
     idx = tl.load(i_ptr + j, mask=mask, other=0).to(tl.int64)

@@ -158,6 +158,18 @@ def _one_minus_pow(t, log_base):
 
 
 @triton.jit
+def _bias_corrections(row, steps, t, log_beta1, log_beta2, NCOL: tl.constexpr,
+                      STEP_CODE: tl.constexpr, STEPS_IN_TABLE: tl.constexpr):
+    """(1 − β₁ᵗ, sqrt(1 − β₂ᵗ)) from tensor t's (already advanced) step count, read on the device:
+    through the table's last column, or from the gathered float32 ``steps`` array."""
+    if STEPS_IN_TABLE:
+        step = tl.load(_typed_ptr(tl.load(row + NCOL - 1), STEP_CODE)).to(tl.float32)
+    else:
+        step = tl.load(steps + t)
+    return _one_minus_pow(step, log_beta1), tl.sqrt_rn(_one_minus_pow(step, log_beta2))
+
+
+@triton.jit
 def _asinh(x):
     """float32 asinh: series for |x| < 1/2, log(|x| + sqrt(x² + 1)) up to 2¹², log(2|x|) above."""
     a = tl.abs(x)
@@ -348,13 +360,8 @@ def _ham_adam_kernel(table, blocks, steps, lr, lr_ptr, grad_scale_ptr, found_inf
     if HAS_LR_TENSOR:
         lr = tl.load(lr_ptr).to(tl.float32)
 
-    # Bias corrections from the (already advanced) step counter, read on the device.
-    if STEPS_IN_TABLE:
-        step = tl.load(_typed_ptr(tl.load(row + NCOL - 1), STEP_CODE)).to(tl.float32)
-    else:
-        step = tl.load(steps + t)
-    bc1 = _one_minus_pow(step, log_beta1)
-    bc2_sqrt = tl.sqrt_rn(_one_minus_pow(step, log_beta2))
+    bc1, bc2_sqrt = _bias_corrections(row, steps, t, log_beta1, log_beta2, NCOL, STEP_CODE,
+                                      STEPS_IN_TABLE)
 
     theta = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
     g = _load_grad(g_ptr, offs, mask, grad_scale_ptr, HAS_GRAD_SCALE, MAXIMIZE)
