@@ -317,3 +317,72 @@ def check_compact_adam(params, grads, indices, exp_avgs, exp_avg_sqs, state_step
     check_real("eps", eps, low=0.0, high=None)
     check_real("weight_decay", weight_decay, low=0.0, high=None)
     check_amp(grad_scale, found_inf, device)
+
+
+# --- SparseOpt BN-skew correction --------------------------------------------------------------
+
+def _rows(t: Tensor) -> int:
+    return t.shape[0] if t.dim() > 0 else 1
+
+
+def _check_list(name: str, lst, n: Optional[int] = None) -> None:
+    if not isinstance(lst, (list, tuple)):
+        raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
+    if n is not None and len(lst) != n:
+        raise ValueError(f"{name} has {len(lst)} tensors, expected {n}")
+
+
+def _check_row_vector(name: str, c, rows: int, device, like: str) -> None:
+    _check_dense(name, c, device)
+    if c.dtype != torch.float32 or c.dim() != 1 or c.numel() != rows:
+        raise ValueError(f"{name} must be a 1-D float32 tensor with one entry per row of {like} "
+                         f"({rows}), got {c.dtype} of shape {tuple(c.shape)}")
+
+
+def check_row_scales(row_scales, params) -> None:
+    """``row_scales``: None, or one float32 vector per param with ``param.shape[0]`` entries."""
+    if row_scales is None:
+        return
+    _check_list("row_scales", row_scales, len(params))
+    for i, (c, p) in enumerate(zip(row_scales, params)):
+        if p.dim() == 0:
+            raise ValueError(f"params[{i}] is 0-d and has no rows to scale; pass it without "
+                             "row_scales")
+        _check_row_vector(f"row_scales[{i}]", c, _rows(p), p.device, f"params[{i}]")
+
+
+def _check_bool_mask(name: str, m, like: Tensor, like_name: str) -> None:
+    _check_dense(name, m, like.device)
+    if m.dtype != torch.bool or m.shape != like.shape:
+        raise ValueError(f"{name} must be a bool tensor of shape {tuple(like.shape)} like "
+                         f"{like_name}, got {m.dtype} of shape {tuple(m.shape)}")
+
+
+def check_row_coefficients(masks, coefficients) -> None:
+    _check_list("masks", masks)
+    _check_list("coefficients", coefficients, len(masks))
+    device = masks[0].device if masks else None
+    for i, (m, c) in enumerate(zip(masks, coefficients)):
+        _check_dense(f"masks[{i}]", m, device)
+        if m.dtype != torch.bool or m.dim() == 0:
+            raise ValueError(f"masks[{i}] must be a bool tensor with at least one dimension "
+                             f"(rows = shape[0]), got {m.dtype} of shape {tuple(m.shape)}")
+        _check_row_vector(f"coefficients[{i}]", c, _rows(m), device, f"masks[{i}]")
+
+
+def check_row_scale(tensors, scales, masks) -> None:
+    _check_list("tensors", tensors)
+    _check_list("scales", scales, len(tensors))
+    if masks is not None:
+        _check_list("masks", masks, len(tensors))
+    device = tensors[0].device if tensors else None
+    for i, (x, c) in enumerate(zip(tensors, scales)):
+        _check_dense(f"tensors[{i}]", x, device)
+        if x.dtype not in PARAM_DTYPES:
+            raise TypeError(f"tensors[{i}] has dtype {x.dtype}; expected one of float32, "
+                            "float64, bfloat16, float16")
+        if x.dim() == 0:
+            raise ValueError(f"tensors[{i}] is 0-d; row scaling needs rows (shape[0])")
+        _check_row_vector(f"scales[{i}]", c, _rows(x), device, f"tensors[{i}]")
+        if masks is not None:
+            _check_bool_mask(f"masks[{i}]", masks[i], x, f"tensors[{i}]")

@@ -21,6 +21,7 @@ _MIRROR_ARGS = ('float alpha=0., float beta=0., float? clamp=None, str mirror="e
                 'float gamma=1.')
 _AMP_ARGS = "Tensor? grad_scale=None, Tensor? found_inf=None"
 _MASK_ARG = "Tensor[]? masks=None"
+_ROW_SCALE_ARG = "Tensor[]? row_scales=None"
 
 SCHEMAS: dict = {}     # op name → schema string
 VALIDATORS: dict = {}  # op name → argument checks (run by every kernel first)
@@ -31,14 +32,15 @@ _MIRROR_SCHEMAS = {
         "ham_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, *, "
         "float lr, Tensor? lr_tensor=None, float weight_decay=0., float momentum=0., "
         "float dampening=0., bool nesterov=False, bool maximize=False, "
-        f"bool is_first_step=False, {_MIRROR_ARGS}, {_AMP_ARGS}, {_MASK_ARG}) -> ()"),
+        f"bool is_first_step=False, {_MIRROR_ARGS}, {_AMP_ARGS}, {_MASK_ARG}, "
+        f"{_ROW_SCALE_ARG}) -> ()"),
     "ham_adam_": (
         "ham_adam_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, "
         "Tensor(c!)[] exp_avg_sqs, Tensor(d!)[] max_exp_avg_sqs, Tensor(e!)[] state_steps, *, "
         "float lr, Tensor? lr_tensor=None, float beta1=0.9, float beta2=0.999, "
         "float weight_decay=0., float eps=1e-8, bool amsgrad=False, bool maximize=False, "
         f"bool decoupled_weight_decay=False, {_MIRROR_ARGS}, str direction=\"grad\", "
-        f"str order=\"after\", {_AMP_ARGS}, {_MASK_ARG}) -> ()"),
+        f"str order=\"after\", {_AMP_ARGS}, {_MASK_ARG}, {_ROW_SCALE_ARG}) -> ()"),
     "mirror_step_": (
         "mirror_step_(Tensor(a!)[] params, Tensor[] grads, *, float lr, "
         f"Tensor? lr_tensor=None, {_MIRROR_ARGS}, bool maximize=False, {_AMP_ARGS}, "
@@ -52,22 +54,26 @@ _MIRROR_SCHEMAS = {
 def validate_ham_sgd_(params, grads, momentum_buffers, *, lr, lr_tensor=None, weight_decay=0.0,
                       momentum=0.0, dampening=0.0, nesterov=False, maximize=False,
                       is_first_step=False, alpha=0.0, beta=0.0, clamp=None, mirror="exp",
-                      gamma=1.0, grad_scale=None, found_inf=None, masks=None):
+                      gamma=1.0, grad_scale=None, found_inf=None, masks=None,
+                      row_scales=None):
     _checks.check_sgd(params, grads, momentum_buffers, lr, lr_tensor, weight_decay, momentum,
                       dampening, nesterov, maximize, alpha, beta, clamp, mirror, gamma,
                       grad_scale, found_inf)
     _checks.check_masks(masks, params)
+    _checks.check_row_scales(row_scales, params)
 
 
 def validate_ham_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *,
                        lr, lr_tensor=None, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
                        amsgrad=False, maximize=False, decoupled_weight_decay=False, alpha=0.0,
                        beta=0.0, clamp=None, mirror="exp", gamma=1.0, direction="grad",
-                       order="after", grad_scale=None, found_inf=None, masks=None):
+                       order="after", grad_scale=None, found_inf=None, masks=None,
+                       row_scales=None):
     _checks.check_adam(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, lr,
                        lr_tensor, beta1, beta2, weight_decay, eps, amsgrad, alpha, beta, clamp,
                        mirror, gamma, direction, order, grad_scale, found_inf)
     _checks.check_masks(masks, params)
+    _checks.check_row_scales(row_scales, params)
 
 
 def validate_mirror_step_(params, grads, *, lr, lr_tensor=None, alpha=0.0, beta=0.0, clamp=None,
@@ -144,6 +150,26 @@ define("compact_adam_",
        f"float beta2=0.999, float eps=1e-8, float weight_decay=0., bool maximize=False, "
        f"{_AMP_ARGS}) -> ()",
        "masked", _ref_masked.compact_adam_, validate_compact_adam_)
+
+
+# --- SparseOpt BN-skew correction: per-row coefficients and the standalone row scale ---------
+
+from .reference import skew as _ref_skew  # noqa: E402
+
+
+def validate_row_coefficients_(masks, coefficients):
+    _checks.check_row_coefficients(masks, coefficients)
+
+
+def validate_row_scale_(tensors, scales, *, masks=None):
+    _checks.check_row_scale(tensors, scales, masks)
+
+
+define("row_coefficients_", "row_coefficients_(Tensor[] masks, Tensor(a!)[] coefficients) -> ()",
+       "skew", _ref_skew.row_coefficients_, validate_row_coefficients_)
+define("row_scale_",
+       "row_scale_(Tensor(a!)[] tensors, Tensor[] scales, *, Tensor[]? masks=None) -> ()",
+       "skew", _ref_skew.row_scale_, validate_row_scale_)
 
 
 _SCALAR_KINDS: dict = {}

@@ -73,9 +73,11 @@ def _run_grouped(op: str, lists: Sequence[List[Tensor]], optional: Sequence[bool
         if "grad_scale" in kw:
             kw["grad_scale"] = _on(kw["grad_scale"], device)
             kw["found_inf"] = _on(kw["found_inf"], device)
-        if kw.get("masks") is not None:  # one mask per param: split like the params
-            masks = kw["masks"]
-            kw["masks"] = [masks[i] for i in idx] if len(masks) == len(params) else list(masks)
+        for key in ("masks", "row_scales"):  # one per param: split like the params
+            per_param = kw.get(key)
+            if per_param is not None:
+                kw[key] = ([per_param[i] for i in idx] if len(per_param) == len(params)
+                           else list(per_param))
         calls.append((args, kw))
     if len(calls) > 1:  # check every split before running any; one split is checked by its op
         for args, kw in calls:
@@ -90,13 +92,17 @@ def ham_sgd(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[Te
             nesterov: bool = False, maximize: bool = False, is_first_step: bool = False,
             alpha: float = 200.0, beta: float = 1e-3, clamp: Optional[float] = 5.0,
             mirror: str = "exp", gamma: float = 1.0, grad_scale: Optional[Tensor] = None,
-            found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None) -> None:
+            found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None,
+            row_scales: Optional[List[Tensor]] = None) -> None:
     """SGD (torch.optim.SGD's rule) fused with the mirror step, in place.
 
     ``is_first_step`` initializes the momentum buffers to the gradient (as torch.optim.SGD does
     when a buffer does not exist yet). ``momentum_buffers`` may be empty when momentum is 0.
     ``masks`` (one bool mask shaped like each param, or bit-packed uint8) makes it the dense-mask
     step: where the mask is 0 the param and its buffer keep their bits (pruned zeros stay zero).
+    ``row_scales`` (one float32 vector of ``p.shape[0]`` entries per param, see
+    :func:`row_coefficients`) multiply the gradient's rows first: SparseOpt's ``g̃ = c ⊙ g``,
+    fused into the gradient read (no extra pass).
     """
     lr_f, lr_t = _split_lr(lr)
     _run_grouped("ham_sgd_", [params, grads, momentum_buffers], [False, False, momentum == 0],
@@ -104,7 +110,7 @@ def ham_sgd(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[Te
                       dampening=dampening, nesterov=nesterov, maximize=maximize,
                       is_first_step=is_first_step, alpha=alpha, beta=beta, clamp=clamp,
                       mirror=mirror, gamma=gamma, grad_scale=grad_scale, found_inf=found_inf,
-                      masks=masks))
+                      masks=masks, row_scales=row_scales))
 
 
 def ham_adam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
@@ -115,13 +121,15 @@ def ham_adam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
              alpha: float = 200.0, beta: float = 1e-3, clamp: Optional[float] = 5.0,
              mirror: str = "exp", gamma: float = 1.0, direction: str = "grad",
              order: str = "after", grad_scale: Optional[Tensor] = None,
-             found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None) -> None:
+             found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None,
+             row_scales: Optional[List[Tensor]] = None) -> None:
     """Adam (or AdamW with ``decoupled_weight_decay``) fused with the mirror step, in place.
 
     ``state_steps`` are one-element float tensors, incremented by the call (unless
     ``found_inf``). ``direction="adam"`` with ``decoupled_weight_decay=True`` is HORST.
     ``masks`` makes it the dense-mask step (see :func:`ham_sgd`); memory per parameter is the
     dense moments' (8 B in float32) plus the mask (1 B bool, or 1/8 B bit-packed).
+    ``row_scales``: SparseOpt's per-row gradient scale, as in :func:`ham_sgd`.
     """
     lr_f, lr_t = _split_lr(lr)
     _run_grouped("ham_adam_",
@@ -131,7 +139,8 @@ def ham_adam(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                       weight_decay=weight_decay, eps=eps, amsgrad=amsgrad, maximize=maximize,
                       decoupled_weight_decay=decoupled_weight_decay, alpha=alpha, beta=beta,
                       clamp=clamp, mirror=mirror, gamma=gamma, direction=direction, order=order,
-                      grad_scale=grad_scale, found_inf=found_inf, masks=masks))
+                      grad_scale=grad_scale, found_inf=found_inf, masks=masks,
+                      row_scales=row_scales))
 
 
 def mirror_step(params: List[Tensor], grads: List[Tensor], *, lr: LR, alpha: float = 200.0,
@@ -190,5 +199,63 @@ def compact_adam(params: List[Tensor], grads: List[Tensor], indices: List[Tensor
 
 remap_compact_state = _masked_ref.remap_compact_state
 
+
+def _check_list(name: str, lst) -> None:
+    if not isinstance(lst, (list, tuple)):
+        raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
+
+
+def row_coefficients(masks: List[Tensor], out: Optional[List[Tensor]] = None) -> List[Tensor]:
+    """SparseOpt's per-row gradient coefficients of each bool mask (rows = ``shape[0]``)::
+
+        c_i = sqrt(1 − s_i) / sqrt(1 − s_avg) = sqrt(nnz(M[i]) · rows / nnz(M))
+
+    (float32, 0 for every row of an all-zero mask). Computed on the masks' device with one
+    reduction and no host synchronization. ``out`` (float32 vectors) is written in place,
+    otherwise new vectors are returned.
+    """
+    _check_list("masks", masks)
+    if out is None:
+        out = [torch.empty(m.shape[0] if m.dim() > 0 else 0, dtype=torch.float32,
+                           device=m.device) for m in masks]
+    _check_list("out", out)
+    if len(out) != len(masks):
+        raise ValueError(f"out has {len(out)} tensors but masks has {len(masks)}")
+    _run_per_device("row_coefficients_", [masks, out], 2)
+    return list(out)
+
+
+def row_scale_(tensors: List[Tensor], scales: List[Tensor], *,
+               masks: Optional[List[Tensor]] = None) -> None:
+    """In place ``x[i] ← c_i · x[i]`` per row (and ``+0`` where ``masks`` is False): the
+    standalone SparseOpt correction for optimizers whose step is not fused with it."""
+    _check_list("tensors", tensors)
+    _check_list("scales", scales)
+    lists = [tensors, scales] + ([masks] if masks is not None else [])
+    _run_per_device("row_scale_", lists, 2)
+
+
+def _run_per_device(op: str, lists: Sequence[List[Tensor]], n_positional: int) -> None:
+    """One call of ``op`` per device of ``lists[0]``; a list beyond the ``n_positional`` first
+    ones is the ``masks`` keyword. Every split is checked before any runs."""
+    def call(split):
+        kw = {"masks": split[n_positional]} if len(split) > n_positional else {}
+        return split[:n_positional], kw
+
+    if any(len(lst) != len(lists[0]) for lst in lists) or not lists[0]:
+        args, kw = call(list(lists))  # unsplit: the op's own check names the list
+        getattr(torch.ops.sparseopt, op)(*args, **kw)
+        return
+    by_device: "OrderedDict[torch.device, List[int]]" = OrderedDict()
+    for i, t in enumerate(lists[0]):
+        by_device.setdefault(getattr(t, "device", None), []).append(i)
+    calls = [call([[lst[i] for i in idx] for lst in lists]) for idx in by_device.values()]
+    if len(calls) > 1:
+        for args, kw in calls:
+            _ops.VALIDATORS[op](*args, **kw)
+    for args, kw in calls:
+        getattr(torch.ops.sparseopt, op)(*args, **kw)
+
+
 __all__ = ["ham_sgd", "ham_adam", "mirror_step", "chunk_select", "compact_adam",
-           "remap_compact_state"]
+           "remap_compact_state", "row_coefficients", "row_scale_"]

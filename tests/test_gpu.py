@@ -275,3 +275,93 @@ def test_dense_mask_adam_on_cuda(backend, packed, use_backend):
             got = (params, m, v)[k][i]
             assert torch.equal(got[~d], before[k][i][~d])
             assert torch.equal(got[d], unmasked[k][i][d])
+
+
+# --- SparseOpt BN-skew correction ----------------------------------------------------------------
+
+def _masks_like(shapes, density=0.4, seed=0):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    masks = [torch.rand(s, generator=gen, device="cuda") < density for s in shapes]
+    masks[0].view(masks[0].shape[0], -1)[0] = False  # an empty row
+    masks[-1].view(masks[-1].shape[0], -1)[-1] = True  # a full row
+    return masks
+
+
+SKEW_SHAPES = [(5, 3), (64, 3, 3, 3), (300, 257), (7, 70_001), (2, 1)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_row_coefficients_and_row_scale_on_cuda(backend, use_backend):
+    from sparseopt_kernels.reference import skew as ref_skew
+    use_backend(backend)
+    masks = _masks_like(SKEW_SHAPES) + [torch.zeros(4, 9, dtype=torch.bool, device="cuda")]
+    out = [torch.full((m.shape[0],), float("nan"), device="cuda") for m in masks]
+    torch.ops.sparseopt.row_coefficients_(masks, out)
+    expected = [torch.empty(m.shape[0]) for m in masks]
+    ref_skew.row_coefficients_([m.cpu() for m in masks], expected)
+    for o, e in zip(out, expected):
+        assert torch.equal(o.cpu(), e)  # bit for bit
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        xs = [torch.randn(m.shape, device="cuda").to(dtype) for m in masks[:-1]]
+        want = [x.cpu() for x in xs]
+        ref_skew.row_scale_(want, [o.cpu() for o in out[:-1]], masks=[m.cpu() for m in masks[:-1]])
+        torch.ops.sparseopt.row_scale_(xs, out[:-1], masks=masks[:-1])
+        for x, w in zip(xs, want):
+            assert torch.equal(x.cpu(), w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("masked", [False, True])
+def test_row_scaled_steps_on_cuda(backend, masked, use_backend):
+    use_backend(backend)
+    shapes = SKEW_SHAPES
+    params, grads, (m, v, buf) = tensors(torch.float32, 3, shapes=shapes)
+    masks = _masks_like(shapes) if masked else None
+    scales = [torch.rand(s[0], device="cuda") * 3 for s in shapes]
+    steps = [torch.zeros((), device="cuda") for _ in shapes]
+    p64, m64, v64, buf64 = as64(params), as64(m), as64(v), as64(buf)
+    cpu = dict(masks=[k.cpu() for k in masks] if masked else None,
+               row_scales=[s.cpu() for s in scales])
+    torch.ops.sparseopt.ham_adam_(params, grads, m, v, [], steps, lr=1e-2, weight_decay=0.1,
+                                  decoupled_weight_decay=True, alpha=30.0, beta=1e-2,
+                                  clamp=5.0, masks=masks, row_scales=scales)
+    ref.ham_adam_(p64, as64(grads), m64, v64, [], [torch.zeros((), dtype=torch.float64)
+                                                    for _ in shapes],
+                  lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True, alpha=30.0, beta=1e-2,
+                  clamp=5.0, **cpu)
+    for a, e in zip(params + m + v, p64 + m64 + v64):
+        assert_close(a.double().cpu(), e, rtol=1e-5, atol=1e-6)
+    params2 = [p.clone() for p in params]
+    torch.ops.sparseopt.ham_sgd_(params2, grads, buf, lr=0.1, momentum=0.9, weight_decay=1e-3,
+                                 alpha=2.0, masks=masks, row_scales=scales)
+    p64b = as64(params)
+    ref.ham_sgd_(p64b, as64(grads), buf64, lr=0.1, momentum=0.9, weight_decay=1e-3, alpha=2.0,
+                 **cpu)
+    for a, e in zip(params2 + buf, p64b + buf64):
+        assert_close(a.double().cpu(), e, rtol=1e-5, atol=1e-6)
+    if masked:
+        for p, k, before in zip(params2, masks, params):
+            assert torch.equal(p[~k], before[~k])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparseopt_with_rigl_on_cuda(backend, use_backend):
+    from sparseopt_kernels.optim import SparseOpt
+    from sparseopt_kernels.sparse import RigL, SparseMasks
+    use_backend(backend)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128, bias=False), torch.nn.BatchNorm1d(128),
+                                torch.nn.ReLU(), torch.nn.Linear(128, 10)).cuda()
+    masks = SparseMasks(model, density=0.2, seed=0)
+    masks.apply()
+    opt = SparseOpt(torch.optim.AdamW(model.parameters(), lr=1e-2), masks)
+    rigl = RigL(masks, opt, delta_t=2, drop_fraction=0.3)
+    x, y = torch.randn(256, 64, device="cuda"), torch.randint(0, 10, (256,), device="cuda")
+    for _ in range(6):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        rigl.step()
+        for p, k in masks:
+            assert torch.equal(p[~k], torch.zeros_like(p[~k]))
+            assert int(k.sum()) == masks.n_active[masks.index(p)]

@@ -43,6 +43,19 @@
 // exp is expf, whose range reduction costs a handful of FFMA around the MUFU.EX2 of __expf but
 // keeps 2 ulp over the whole range (__expf loses ~1 ulp per unit of |z|, i.e. up to ~8 ulp at
 // the default clamp of 5 and unboundedly without a clamp).
+//
+// Row scales (SGD and Adam, optional; SparseOpt's BN-skew correction, reference/skew.py): one
+// float32 vector c per tensor, one entry per row of L = row_len elements, and g̃ = c[e / L]·g for
+// element e, right after the unscale and the maximize negation; g̃ replaces g everywhere (weight
+// decay term, moments, mirror exponent). The product is __fmul_rn, never contracted into the
+// FMA of a later g̃ + λθ, so g̃ is rounded once like the reference's separate multiply. The
+// scaled kernels are separate instantiations (the unscaled ones are unchanged): the vectors are
+// one more pointer list of the tensor table and the row lengths a column next to it. The row of
+// a vector: each block divides its first element by L once in 64 bits; a vector at chunk
+// offset `off` then needs one 32-bit multiply-shift by a per-block magic number (see RowSplit),
+// and its scales are one float32 load (two when a row ends inside the vector; one per element
+// for rows shorter than the vector) that hits L1: a warp's vectors span one or a few rows. No
+// extra DRAM traffic beyond 4 bytes per row.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -54,6 +67,7 @@
 
 #include "element.cuh"
 #include "multi_tensor.cuh"
+#include "row_split.cuh"
 #include "sparseopt/mirror_step_cuda.h"
 
 namespace sparseopt {
@@ -192,6 +206,17 @@ __device__ __forceinline__ const uint8_t* chunk_mask(const void* mask, int64_t c
   return kMask == kMaskBits ? m + chunk_begin / 8 : m + chunk_begin;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Row scales (row arithmetic in row_split.cuh).
+
+
+// The row split of a block's chunk; the scale vectors are pointer list kList.
+template <int kList, class Args>
+__device__ __forceinline__ RowSplit block_row_split(const Args& args, const ChunkRef& ref) {
+  return row_split(static_cast<const float*>(args.batch.ptrs[kList][ref.tensor]), ref.begin,
+                   args.row_lens[ref.tensor]);
+}
+
 // Elements per vector iteration: 16 bytes of the param dtype (state is as wide or wider).
 template <typename P>
 constexpr int kVecOf = static_cast<int>(16 / sizeof(P));
@@ -307,27 +332,43 @@ struct MirrorOnlyParams {
 };
 
 // Pointer lists per kernel: SGD {θ, g, b}, Adam {θ, g, m, v, v̂}, mirror step {θ, g}; the masked
-// kernels append the mask pointer as the last list (so their launches hold fewer tensors).
+// kernels append the mask pointer as the next list and the row-scaled ones the scale vectors as
+// the last, with the row lengths in a column of their own (so their launches hold fewer tensors).
 constexpr int kSgdDepth = 3;
 constexpr int kAdamDepth = 5;
 constexpr int kMirrorDepth = 2;
-template <bool kMasked>
-constexpr int kSgdCap = mt::batch_capacity<kSgdDepth + kMasked, false>(sizeof(SgdParams));
-template <bool kMasked>
-constexpr int kAdamCap = mt::batch_capacity<kAdamDepth + kMasked, true>(sizeof(AdamParams));
+constexpr int kRowLenBytes = 8;  // the row-length column, per tensor
+template <bool kMasked, bool kScaled = false>
+constexpr int kSgdCap = mt::batch_capacity<kSgdDepth + kMasked + kScaled, false,
+                                           kScaled ? kRowLenBytes : 0>(sizeof(SgdParams));
+template <bool kMasked, bool kScaled = false>
+constexpr int kAdamCap = mt::batch_capacity<kAdamDepth + kMasked + kScaled, true,
+                                            kScaled ? kRowLenBytes : 0>(sizeof(AdamParams));
 template <bool kMasked>
 constexpr int kMirrorCap =
     mt::batch_capacity<kMirrorDepth + kMasked, false>(sizeof(MirrorOnlyParams));
 
-template <bool kMasked>
+template <bool kMasked, bool kScaled = false>
 struct SgdArgsT {
   SgdParams p;
   mt::TensorBatch<kSgdDepth + kMasked, kSgdCap<kMasked>, false> batch;
 };
 template <bool kMasked>
+struct SgdArgsT<kMasked, true> {
+  SgdParams p;
+  mt::TensorBatch<kSgdDepth + kMasked + 1, kSgdCap<kMasked, true>, false> batch;
+  int64_t row_lens[kSgdCap<kMasked, true>];
+};
+template <bool kMasked, bool kScaled = false>
 struct AdamArgsT {
   AdamParams p;
   mt::TensorBatch<kAdamDepth + kMasked, kAdamCap<kMasked>, true> batch;
+};
+template <bool kMasked>
+struct AdamArgsT<kMasked, true> {
+  AdamParams p;
+  mt::TensorBatch<kAdamDepth + kMasked + 1, kAdamCap<kMasked, true>, true> batch;
+  int64_t row_lens[kAdamCap<kMasked, true>];
 };
 template <bool kMasked>
 struct MirrorArgsT {
@@ -348,6 +389,15 @@ static_assert(sizeof(MirrorArgsT<true>) <= mt::kMaxKernelParamBytes,
 static_assert(kAdamCap<false> >= 500 && kSgdCap<false> >= 850 && kMirrorCap<false> >= 1100,
               "unexpected capacities");
 static_assert(kAdamCap<true> >= 440 && kSgdCap<true> >= 720 && kMirrorCap<true> >= 900,
+              "unexpected capacities");
+static_assert(sizeof(SgdArgsT<false, true>) <= mt::kMaxKernelParamBytes &&
+                  sizeof(SgdArgsT<true, true>) <= mt::kMaxKernelParamBytes,
+              "SGD kernel arguments too large");
+static_assert(sizeof(AdamArgsT<false, true>) <= mt::kMaxKernelParamBytes &&
+                  sizeof(AdamArgsT<true, true>) <= mt::kMaxKernelParamBytes,
+              "Adam kernel arguments too large");
+static_assert(kSgdCap<false, true> >= 600 && kSgdCap<true, true> >= 530 &&
+                  kAdamCap<false, true> >= 400 && kAdamCap<true, true> >= 360,
               "unexpected capacities");
 
 // Per-block values common to all kernels. Returns false when found_inf is set: the block then
@@ -385,10 +435,11 @@ using Width = std::integral_constant<int, N>;
 // unmasked bodies keep them inline so that they compile to exactly the code they had before
 // masks existed (factoring them out reorders flag loads and FMA operands in the PTX).
 
-template <int kMirror>
+template <int kMirror, bool kScaled>
 __device__ __forceinline__ float sgd_element(const SgdParams& sp, const BlockCommon& bc,
-                                             float th, float grad, float& b) {
-  const float gk = unscale(grad, bc, sp.common.maximize);
+                                             float th, float grad, float row_scale, float& b) {
+  float gk = unscale(grad, bc, sp.common.maximize);
+  if constexpr (kScaled) gk = __fmul_rn(gk, row_scale);
   const float gb = sp.has_weight_decay ? gk + sp.weight_decay * th : gk;
   float d = gb;
   if (sp.has_momentum) {
@@ -405,11 +456,12 @@ struct AdamBlock {
   float decay_factor;
 };
 
-template <int kMirror, bool kAmsgrad>
+template <int kMirror, bool kAmsgrad, bool kScaled>
 __device__ __forceinline__ float adam_element(const AdamParams& ap, const BlockCommon& bc,
                                               const AdamBlock& ab, float th, float grad,
-                                              float& m, float& v, float& vmax) {
-  const float gk = unscale(grad, bc, ap.common.maximize);
+                                              float row_scale, float& m, float& v, float& vmax) {
+  float gk = unscale(grad, bc, ap.common.maximize);
+  if constexpr (kScaled) gk = __fmul_rn(gk, row_scale);
   const float gb = ap.coupled_weight_decay ? gk + ap.weight_decay * th : gk;
   m = ap.beta1 * m + ap.one_minus_beta1 * gb;
   v = ap.beta2 * v + ap.one_minus_beta2 * gb * gb;
@@ -435,9 +487,9 @@ __device__ __forceinline__ float adam_element(const AdamParams& ap, const BlockC
   return x;
 }
 
-template <typename P, typename S, int kMirror, int kMask>
+template <typename P, typename S, int kMirror, int kMask, bool kScaled>
 __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
-    ham_sgd_kernel(const __grid_constant__ SgdArgsT<kMask != kMaskNone> args) {
+    ham_sgd_kernel(const __grid_constant__ SgdArgsT<kMask != kMaskNone, kScaled> args) {
   const SgdParams& sp = args.p;
   BlockCommon bc;
   if (!block_common(sp.common, bc)) return;
@@ -450,17 +502,22 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
   constexpr int kVec = kVecOf<P>;
   bool vectorized =
       mt::aligned16(param) && mt::aligned16(grad) && (!sp.has_momentum || mt::aligned16(buf));
+  [[maybe_unused]] RowSplit rs;
+  if constexpr (kScaled) rs = block_row_split<kSgdDepth + (kMask != kMaskNone)>(args, ref);
 
   if constexpr (kMask == kMaskNone) {
     auto apply = [&](auto width, int off) {
       constexpr int N = decltype(width)::value;
       float th[N], g[N], b[N];
+      [[maybe_unused]] float sc[N];
       load<N>(param + off, th);
       load<N>(grad + off, g);
       if (read_buf) load<N>(buf + off, b);
+      if constexpr (kScaled) row_scales_of<N>(rs, off, sc);
 #pragma unroll
       for (int k = 0; k < N; ++k) {
-        const float gk = unscale(g[k], bc, sp.common.maximize);
+        float gk = unscale(g[k], bc, sp.common.maximize);
+        if constexpr (kScaled) gk = __fmul_rn(gk, sc[k]);
         const float gb = sp.has_weight_decay ? gk + sp.weight_decay * th[k] : gk;
         float d = gb;
         if (sp.has_momentum) {
@@ -490,10 +547,13 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
       load_raw<N>(grad + off, g);
       // The first step does not read the buffer, except to keep its masked-out bits.
       if (read_buf || (sp.has_momentum && bits != (1u << N) - 1u)) load_raw<N>(buf + off, b);
+      [[maybe_unused]] float sc[N];
+      if constexpr (kScaled) row_scales_of<N>(rs, off, sc);
 #pragma unroll
       for (int k = 0; k < N; ++k) {
         float bk = to_float(b[k]);
-        const float x = sgd_element<kMirror>(sp, bc, to_float(th[k]), to_float(g[k]), bk);
+        const float x = sgd_element<kMirror, kScaled>(sp, bc, to_float(th[k]), to_float(g[k]),
+                                                      kScaled ? sc[k] : 1.0f, bk);
         if ((bits >> k) & 1u) {
           th[k] = from_float<P>(x);
           b[k] = from_float<S>(bk);
@@ -508,9 +568,9 @@ __global__ void __launch_bounds__(kBlockThreads, kMinBlocksPerSm)
   }
 }
 
-template <typename P, typename S, int kMirror, bool kAmsgrad, int kMask>
+template <typename P, typename S, int kMirror, bool kAmsgrad, int kMask, bool kScaled>
 __global__ void __launch_bounds__(kBlockThreads, (kAdamMinBlocksPerSm<P, kAmsgrad>))
-    ham_adam_kernel(const __grid_constant__ AdamArgsT<kMask != kMaskNone> args) {
+    ham_adam_kernel(const __grid_constant__ AdamArgsT<kMask != kMaskNone, kScaled> args) {
   const AdamParams& ap = args.p;
   BlockCommon bc;
   if (!block_common(ap.common, bc)) return;
@@ -525,6 +585,8 @@ __global__ void __launch_bounds__(kBlockThreads, (kAdamMinBlocksPerSm<P, kAmsgra
   bool vectorized = mt::aligned16(param) && mt::aligned16(grad) &&
                     mt::aligned16(exp_avg) && mt::aligned16(exp_avg_sq) &&
                     (!kAmsgrad || mt::aligned16(max_exp_avg_sq));
+  [[maybe_unused]] RowSplit rs;
+  if constexpr (kScaled) rs = block_row_split<kAdamDepth + (kMask != kMaskNone)>(args, ref);
 
   // Bias corrections, once per block: the reference computes float(β)^step in float32; the
   // double pow of the same float32 operands rounds to (nearly always) the correctly rounded value.
@@ -540,14 +602,17 @@ __global__ void __launch_bounds__(kBlockThreads, (kAdamMinBlocksPerSm<P, kAmsgra
       constexpr int N = decltype(width)::value;
       float th[N], g[N], m[N], v[N];
       [[maybe_unused]] float vmax[N];
+      [[maybe_unused]] float sc[N];
       load<N>(param + off, th);
       load<N>(grad + off, g);
       load<N>(exp_avg + off, m);
       load<N>(exp_avg_sq + off, v);
       if constexpr (kAmsgrad) load<N>(max_exp_avg_sq + off, vmax);
+      if constexpr (kScaled) row_scales_of<N>(rs, off, sc);
 #pragma unroll
       for (int k = 0; k < N; ++k) {
-        const float gk = unscale(g[k], bc, ap.common.maximize);
+        float gk = unscale(g[k], bc, ap.common.maximize);
+        if constexpr (kScaled) gk = __fmul_rn(gk, sc[k]);
         const float gb = ap.coupled_weight_decay ? gk + ap.weight_decay * th[k] : gk;
         m[k] = ap.beta1 * m[k] + ap.one_minus_beta1 * gb;
         v[k] = ap.beta2 * v[k] + ap.one_minus_beta2 * gb * gb;
@@ -598,14 +663,16 @@ __global__ void __launch_bounds__(kBlockThreads, (kAdamMinBlocksPerSm<P, kAmsgra
       load_raw<N>(exp_avg + off, m);
       load_raw<N>(exp_avg_sq + off, v);
       if constexpr (kAmsgrad) load_raw<N>(max_exp_avg_sq + off, vmax);
+      [[maybe_unused]] float sc[N];
+      if constexpr (kScaled) row_scales_of<N>(rs, off, sc);
 #pragma unroll
       for (int k = 0; k < N; ++k) {
         float mk = to_float(m[k]);
         float vk = to_float(v[k]);
         float vmaxk = 0.0f;
         if constexpr (kAmsgrad) vmaxk = to_float(vmax[k]);
-        const float x = adam_element<kMirror, kAmsgrad>(ap, bc, ab, to_float(th[k]),
-                                                        to_float(g[k]), mk, vk, vmaxk);
+        const float x = adam_element<kMirror, kAmsgrad, kScaled>(
+            ap, bc, ab, to_float(th[k]), to_float(g[k]), kScaled ? sc[k] : 1.0f, mk, vk, vmaxk);
         if ((bits >> k) & 1u) {
           th[k] = from_float<P>(x);
           m[k] = from_float<S>(mk);
@@ -790,17 +857,40 @@ bool valid_masks(const Masks& masks, int64_t n_tensors, const int64_t* numels) {
   return valid_tensors(n_tensors, numels, {masks.data});
 }
 
+// With row scales: a vector and a row length L >= 1 dividing numel for every tensor with
+// elements (so that every row index e / L is below numel / L, the vector's length).
+bool valid_row_scales(const RowScales& rs, int64_t n_tensors, const int64_t* numels) {
+  if (!rs.enabled() || n_tensors == 0) return true;
+  if (rs.row_lens == nullptr ||
+      !valid_tensors(n_tensors, numels, {reinterpret_cast<const void* const*>(rs.data)})) {
+    return false;
+  }
+  for (int64_t t = 0; t < n_tensors; ++t) {
+    if (numels[t] == 0) continue;
+    if (rs.row_lens[t] < 1 || numels[t] % rs.row_lens[t] != 0) return false;
+  }
+  return true;
+}
+
+// f(std::bool_constant<kScaled>) for row scales on or off.
+template <class F>
+cudaError_t dispatch_row_scales(const RowScales& rs, F&& f) {
+  return rs.enabled() ? f(std::true_type{}) : f(std::false_type{});
+}
+
 }  // namespace
 
 cudaError_t ham_sgd_cuda(const SgdConfig& cfg, DeviceScalars scalars, ScalarType param_type,
                          ScalarType state_type, int64_t n_tensors, void* const* params,
                          const void* const* grads, void* const* momentum_buffers,
-                         const int64_t* numels, cudaStream_t stream, Masks masks) {
+                         const int64_t* numels, cudaStream_t stream, Masks masks,
+                         RowScales row_scales) {
   const bool has_momentum = cfg.momentum != 0.0;
   const bool ok = has_momentum ? valid_tensors(n_tensors, numels,
                                                {params, grads, momentum_buffers})
                                : valid_tensors(n_tensors, numels, {params, grads});
-  if (!ok || !valid_mirror(cfg.mirror) || !valid_masks(masks, n_tensors, numels)) {
+  if (!ok || !valid_mirror(cfg.mirror) || !valid_masks(masks, n_tensors, numels) ||
+      !valid_row_scales(row_scales, n_tensors, numels)) {
     return cudaErrorInvalidValue;
   }
 
@@ -821,22 +911,31 @@ cudaError_t ham_sgd_cuda(const SgdConfig& cfg, DeviceScalars scalars, ScalarType
       constexpr int kMirror = decltype(mirror_tag)::value;
       return dispatch_mask(masks.kind, [&](auto mask_tag) {
         constexpr int kMask = decltype(mask_tag)::value;
-        using Args = SgdArgsT<kMask != kMaskNone>;
-        Args args;
-        args.p = p;
-        auto fill = [&](int slot, int64_t t) {
-          args.batch.ptrs[0][slot] = params[t];
-          args.batch.ptrs[1][slot] = const_cast<void*>(grads[t]);
-          args.batch.ptrs[2][slot] = has_momentum ? momentum_buffers[t] : nullptr;
-          if constexpr (kMask != kMaskNone) {
-            args.batch.ptrs[kSgdDepth][slot] = const_cast<void*>(masks.data[t]);
-          }
-        };
-        return mt::pack_and_launch(args, n_tensors, numels, fill,
-                                   [&](const Args& a, uint32_t blocks) {
-                                     return launch(ham_sgd_kernel<P, S, kMirror, kMask>, a,
-                                                   blocks, stream);
-                                   });
+        return dispatch_row_scales(row_scales, [&](auto scaled_tag) {
+          constexpr bool kScaled = decltype(scaled_tag)::value;
+          using Args = SgdArgsT<kMask != kMaskNone, kScaled>;
+          Args args;
+          args.p = p;
+          auto fill = [&](int slot, int64_t t) {
+            args.batch.ptrs[0][slot] = params[t];
+            args.batch.ptrs[1][slot] = const_cast<void*>(grads[t]);
+            args.batch.ptrs[2][slot] = has_momentum ? momentum_buffers[t] : nullptr;
+            if constexpr (kMask != kMaskNone) {
+              args.batch.ptrs[kSgdDepth][slot] = const_cast<void*>(masks.data[t]);
+            }
+            if constexpr (kScaled) {
+              args.batch.ptrs[kSgdDepth + (kMask != kMaskNone)][slot] =
+                  const_cast<float*>(row_scales.data[t]);
+              args.row_lens[slot] = row_scales.row_lens[t];
+            }
+          };
+          return mt::pack_and_launch(args, n_tensors, numels, fill,
+                                     [&](const Args& a, uint32_t blocks) {
+                                       return launch(
+                                           ham_sgd_kernel<P, S, kMirror, kMask, kScaled>, a,
+                                           blocks, stream);
+                                     });
+        });
       });
     });
   });
@@ -846,13 +945,15 @@ cudaError_t ham_adam_cuda(const AdamConfig& cfg, DeviceScalars scalars, StepCoun
                           ScalarType param_type, ScalarType state_type, int64_t n_tensors,
                           void* const* params, const void* const* grads, void* const* exp_avgs,
                           void* const* exp_avg_sqs, void* const* max_exp_avg_sqs,
-                          const int64_t* numels, cudaStream_t stream, Masks masks) {
+                          const int64_t* numels, cudaStream_t stream, Masks masks,
+                          RowScales row_scales) {
   const bool ok =
       cfg.amsgrad
           ? valid_tensors(n_tensors, numels,
                           {params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs})
           : valid_tensors(n_tensors, numels, {params, grads, exp_avgs, exp_avg_sqs});
-  if (!ok || !valid_mirror(cfg.mirror) || !valid_masks(masks, n_tensors, numels)) {
+  if (!ok || !valid_mirror(cfg.mirror) || !valid_masks(masks, n_tensors, numels) ||
+      !valid_row_scales(row_scales, n_tensors, numels)) {
     return cudaErrorInvalidValue;
   }
   const bool device_steps = steps.step_ptrs != nullptr;
@@ -885,30 +986,38 @@ cudaError_t ham_adam_cuda(const AdamConfig& cfg, DeviceScalars scalars, StepCoun
       constexpr int kMirror = decltype(mirror_tag)::value;
       return dispatch_mask(masks.kind, [&](auto mask_tag) {
         constexpr int kMask = decltype(mask_tag)::value;
-        using Args = AdamArgsT<kMask != kMaskNone>;
-        Args args;
-        args.p = p;
-        auto fill = [&](int slot, int64_t t) {
-          args.batch.ptrs[0][slot] = params[t];
-          args.batch.ptrs[1][slot] = const_cast<void*>(grads[t]);
-          args.batch.ptrs[2][slot] = exp_avgs[t];
-          args.batch.ptrs[3][slot] = exp_avg_sqs[t];
-          args.batch.ptrs[4][slot] = cfg.amsgrad ? max_exp_avg_sqs[t] : nullptr;
-          if constexpr (kMask != kMaskNone) {
-            args.batch.ptrs[kAdamDepth][slot] = const_cast<void*>(masks.data[t]);
-          }
-          args.batch.step_ptrs[slot] = device_steps ? steps.step_ptrs[t] : nullptr;
-          args.batch.host_steps[slot] =
-              device_steps ? 0.0f : static_cast<float>(steps.host_steps[t]);
-        };
-        auto go = [&](auto kernel) {
-          return mt::pack_and_launch(args, n_tensors, numels, fill,
-                                     [&](const Args& a, uint32_t blocks) {
-                                       return launch(kernel, a, blocks, stream);
-                                     });
-        };
-        return cfg.amsgrad ? go(ham_adam_kernel<P, S, kMirror, true, kMask>)
-                           : go(ham_adam_kernel<P, S, kMirror, false, kMask>);
+        return dispatch_row_scales(row_scales, [&](auto scaled_tag) {
+          constexpr bool kScaled = decltype(scaled_tag)::value;
+          using Args = AdamArgsT<kMask != kMaskNone, kScaled>;
+          Args args;
+          args.p = p;
+          auto fill = [&](int slot, int64_t t) {
+            args.batch.ptrs[0][slot] = params[t];
+            args.batch.ptrs[1][slot] = const_cast<void*>(grads[t]);
+            args.batch.ptrs[2][slot] = exp_avgs[t];
+            args.batch.ptrs[3][slot] = exp_avg_sqs[t];
+            args.batch.ptrs[4][slot] = cfg.amsgrad ? max_exp_avg_sqs[t] : nullptr;
+            if constexpr (kMask != kMaskNone) {
+              args.batch.ptrs[kAdamDepth][slot] = const_cast<void*>(masks.data[t]);
+            }
+            if constexpr (kScaled) {
+              args.batch.ptrs[kAdamDepth + (kMask != kMaskNone)][slot] =
+                  const_cast<float*>(row_scales.data[t]);
+              args.row_lens[slot] = row_scales.row_lens[t];
+            }
+            args.batch.step_ptrs[slot] = device_steps ? steps.step_ptrs[t] : nullptr;
+            args.batch.host_steps[slot] =
+                device_steps ? 0.0f : static_cast<float>(steps.host_steps[t]);
+          };
+          auto go = [&](auto kernel) {
+            return mt::pack_and_launch(args, n_tensors, numels, fill,
+                                       [&](const Args& a, uint32_t blocks) {
+                                         return launch(kernel, a, blocks, stream);
+                                       });
+          };
+          return cfg.amsgrad ? go(ham_adam_kernel<P, S, kMirror, true, kMask, kScaled>)
+                             : go(ham_adam_kernel<P, S, kMirror, false, kMask, kScaled>);
+        });
       });
     });
   });

@@ -15,12 +15,17 @@
 //     sparseopt::cpu::set_cpu_isa_for_testing(), an internal hook defined in
 //     csrc/cpu/mirror_step.cpp (declared below, not in the public header); it behaves like
 //     SPARSEOPT_CPU_ISA=<name> and can only lower the detected ISA.
+//  6. Row scales (SparseOpt's BN-skew correction) of ham_adam_cpu / ham_sgd_cpu: against the
+//     double reference with the scaled gradient, bit for bit against the same step on a
+//     pre-scaled gradient (float32/float64 without AMP), and with Bool/Bits masks (masked-out
+//     entries keep their bits), over long, short and single rows.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -266,15 +271,50 @@ struct Problem {
   std::vector<std::vector<uint8_t>> p, g, s1, s2, s3;
   std::vector<std::vector<double>> err_scale;  // per param, filled by the references
   std::vector<int64_t> numels;
+  // Optional row scales (RowScales): one float per row of row_len[t] elements, and optional
+  // dense masks (one byte per element, and the same bit-packed) passed to the kernels.
+  std::vector<std::vector<float>> row_c;
+  std::vector<int64_t> row_len;
+  std::vector<std::vector<uint8_t>> mask_bool, mask_bits;
 };
 
-static Problem make_problem(ScalarType pt, ScalarType st, uint32_t seed, bool with_zeros) {
+// The gradient factor of element i of tensor t: c[i / row_len] with row scales, else 1.
+static double row_factor(const Problem& pr, size_t t, int64_t i) {
+  return pr.row_c.empty() ? 1.0 : static_cast<double>(pr.row_c[t][i / pr.row_len[t]]);
+}
+
+// What the kernels get for the optional arguments (the vectors must outlive the call).
+struct Extras {
+  std::vector<const float*> rc;
+  std::vector<const void*> mp;
+  RowScales rs;
+  Masks masks;
+};
+
+static Extras extras_of(const Problem& pr, MaskKind kind) {
+  Extras e;
+  if (!pr.row_c.empty()) {
+    for (const auto& c : pr.row_c) e.rc.push_back(c.data());
+    e.rs.data = e.rc.data();
+    e.rs.row_lens = pr.row_len.data();
+  }
+  if (kind != MaskKind::None) {
+    for (size_t t = 0; t < pr.numels.size(); ++t)
+      e.mp.push_back(kind == MaskKind::Bool ? pr.mask_bool[t].data() : pr.mask_bits[t].data());
+    e.masks.kind = kind;
+    e.masks.data = e.mp.data();
+  }
+  return e;
+}
+
+static Problem make_problem(ScalarType pt, ScalarType st, uint32_t seed, bool with_zeros,
+                            const std::vector<int64_t>& sizes = kSizes) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> nd(0.0, 1.0);
   Problem pr;
   pr.pt = pt;
   pr.st = st;
-  for (int64_t n : kSizes) {
+  for (int64_t n : sizes) {
     pr.numels.push_back(n);
     auto p = make(pt, n), g = make(pt, n), s1 = make(st, n), s2 = make(st, n), s3 = make(st, n);
     for (int64_t i = 0; i < n; ++i) {
@@ -310,6 +350,7 @@ static void adam_reference(const AdamCase& c, Problem& pr) {
       double theta = get(pr.p[t], pr.pt, i);
       double g = get(pr.g[t], pr.pt, i) / (1.0 / c.inv_scale);
       if (a.maximize) g = -g;
+      g *= row_factor(pr, t, i);
       const double gb = (a.weight_decay != 0 && !a.decoupled_weight_decay) ? g + a.weight_decay * theta : g;
       const double m = a.beta1 * get(pr.s1[t], pr.st, i) + (1 - a.beta1) * gb;
       const double v = a.beta2 * get(pr.s2[t], pr.st, i) + (1 - a.beta2) * gb * gb;
@@ -335,7 +376,7 @@ static void adam_reference(const AdamCase& c, Problem& pr) {
   }
 }
 
-static void adam_kernel(const AdamCase& c, Problem& pr) {
+static void adam_kernel(const AdamCase& c, Problem& pr, MaskKind kind = MaskKind::None) {
   AdamConfig cfg = c.cfg;
   const MirrorDirection dir = cfg.mirror.direction;
   const MirrorOrder order = cfg.mirror.order;
@@ -345,9 +386,10 @@ static void adam_kernel(const AdamCase& c, Problem& pr) {
   auto p = ptrs(pr.p), g = ptrs(pr.g), s1 = ptrs(pr.s1), s2 = ptrs(pr.s2), s3 = ptrs(pr.s3);
   std::vector<const void*> gc(g.begin(), g.end());
   std::vector<double> steps(pr.numels.size(), c.step);
+  const Extras e = extras_of(pr, kind);
   cpu::ham_adam_cpu(cfg, c.inv_scale, pr.pt, pr.st, static_cast<int64_t>(pr.numels.size()),
                     p.data(), gc.data(), s1.data(), s2.data(), cfg.amsgrad ? s3.data() : nullptr,
-                    steps.data(), pr.numels.data());
+                    steps.data(), pr.numels.data(), e.masks, e.rs);
 }
 
 struct SgdCase {
@@ -366,6 +408,7 @@ static void sgd_reference(const SgdCase& c, Problem& pr) {
       const double theta = get(pr.p[t], pr.pt, i);
       double g = get(pr.g[t], pr.pt, i) / (1.0 / c.inv_scale);
       if (s.maximize) g = -g;
+      g *= row_factor(pr, t, i);
       const double gb = s.weight_decay != 0 ? g + s.weight_decay * theta : g;
       double d = gb;
       if (s.momentum != 0) {
@@ -381,13 +424,15 @@ static void sgd_reference(const SgdCase& c, Problem& pr) {
   }
 }
 
-static void sgd_kernel(const SgdCase& c, Problem& pr) {
+static void sgd_kernel(const SgdCase& c, Problem& pr, MaskKind kind = MaskKind::None) {
   SgdConfig cfg = c.cfg;
   cfg.mirror = to_cfg(c.mirror);
   auto p = ptrs(pr.p), g = ptrs(pr.g), s1 = ptrs(pr.s1);
   std::vector<const void*> gc(g.begin(), g.end());
+  const Extras e = extras_of(pr, kind);
   cpu::ham_sgd_cpu(cfg, c.inv_scale, pr.pt, pr.st, static_cast<int64_t>(pr.numels.size()), p.data(),
-                   gc.data(), cfg.momentum != 0 ? s1.data() : nullptr, pr.numels.data());
+                   gc.data(), cfg.momentum != 0 ? s1.data() : nullptr, pr.numels.data(), e.masks,
+                   e.rs);
 }
 
 // Compares two problems element-wise: params and the first `n_states` state tensors.
@@ -590,6 +635,180 @@ static void test_mirror_step() {
   CHECK_CMP(compare(got, init, 0, 0, true, &where), std::string("mirror_step_cpu with alpha = beta = 0 is a no-op: "));
 }
 
+// ---------------------------------------------------------------------------------------------
+// 6. Row scales (SparseOpt's BN-skew correction, RowScales) of ham_adam_cpu / ham_sgd_cpu:
+//  (a) against the double reference with g̃ = c[row]·g, every dtype pair, every ISA;
+//  (b) float32/float64 params without AMP: bit for bit the step run on the pre-scaled gradient
+//      c·g rounded to the param dtype (the kernels multiply g by inv_scale·c = c, the same
+//      rounding), on every ISA;
+//  (c) with Bool and Bits masks: masked-out entries keep their bits, the others equal the
+//      unmasked row-scaled run bit for bit;
+// over long rows (one body call per row segment, segments cut by work items and mask blocks),
+// short rows (< 64: the scaled-gradient buffer for float32/float64) and single-row tensors.
+
+// Sizes and three row-length sets for them (each divides its size): 4032 = 63·64 gives both
+// sides of the short-row threshold; 66000 (total > kMinParallel: threads) crosses work-item
+// boundaries (multiples of 32768) mid-row.
+static const std::vector<int64_t> kRowSizes = {1, 7, 33, 1000, 66000, 4032};
+static const std::vector<std::vector<int64_t>> kRowLens = {
+    {1, 7, 33, 200, 1200, 64},    // long rows (and a single 7- and 33-element row)
+    {1, 1, 11, 8, 5, 63},         // short rows only; row_len 1 as for 1-D params
+    {1, 7, 3, 1000, 66000, 4032}, // single rows, one longer than a work item
+};
+
+static void add_row_scales(Problem& pr, const std::vector<int64_t>& lens, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> u(0.2, 3.0);
+  std::uniform_int_distribution<int> coin(0, 2);
+  pr.row_len = lens;
+  pr.row_c.clear();
+  pr.mask_bool.clear();
+  pr.mask_bits.clear();
+  for (size_t t = 0; t < pr.numels.size(); ++t) {
+    const int64_t n = pr.numels[t], rows = n / lens[t];
+    std::vector<float> c;
+    for (int64_t r = 0; r < rows; ++r)  // empty rows (c = 0), unchanged rows (c = 1), others
+      c.push_back(r % 5 == 1 ? 0.0f : r % 5 == 2 ? 1.0f : static_cast<float>(u(rng)));
+    pr.row_c.push_back(c);
+    std::vector<uint8_t> mb(static_cast<size_t>(n)), bits(static_cast<size_t>((n + 7) / 8), 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t region = (i / 3000) % 3;  // random, all-on and all-off stretches
+      const int on = region == 0 ? (coin(rng) != 0) : (region == 1 ? 1 : 0);
+      mb[i] = static_cast<uint8_t>(on);
+      bits[i / 8] = static_cast<uint8_t>(bits[i / 8] | (on << (i % 8)));
+    }
+    pr.mask_bool.push_back(mb);
+    pr.mask_bits.push_back(bits);
+  }
+}
+
+// Per element: where the mask is on, `got` equals `full` bytewise; elsewhere `init`.
+static bool compare_masked(const Problem& got, const Problem& full, const Problem& init,
+                           int n_states, std::string* where) {
+  for (size_t t = 0; t < got.numels.size(); ++t) {
+    for (int k = 0; k <= n_states; ++k) {
+      const auto& a = k == 0 ? got.p[t] : k == 1 ? got.s1[t] : k == 2 ? got.s2[t] : got.s3[t];
+      const auto& f = k == 0 ? full.p[t] : k == 1 ? full.s1[t] : k == 2 ? full.s2[t] : full.s3[t];
+      const auto& i0 = k == 0 ? init.p[t] : k == 1 ? init.s1[t] : k == 2 ? init.s2[t] : init.s3[t];
+      const size_t es = elt_size(k == 0 ? got.pt : got.st);
+      for (int64_t i = 0; i < got.numels[t]; ++i) {
+        const bool on = init.mask_bool[t][i] != 0;
+        if (std::memcmp(&a[i * es], &(on ? f : i0)[i * es], es) != 0) {
+          *where = "tensor " + std::to_string(t) + " buffer " + std::to_string(k) + " elt " +
+                   std::to_string(i) + (on ? " (on)" : " (off)");
+          return false;
+        }
+      }
+    }
+  }
+  return true;
+}
+
+template <class Kernel, class Reference>
+static void row_scaled_case(const std::string& name, ScalarType pt, ScalarType st, uint32_t seed,
+                            int n_states, double rtol, bool prescale_exact, Kernel&& kernel,
+                            Reference&& reference) {
+  for (size_t set = 0; set < kRowLens.size(); ++set) {
+    const std::string label = name + " [" + tname(pt) + "/" + tname(st) + "] rows set " +
+                              std::to_string(set);
+    Problem init = make_problem(pt, st, seed, true, kRowSizes);
+    add_row_scales(init, kRowLens[set], seed + 7);
+    Problem want = init;
+    reference(want);
+    // The gradient pre-scaled in the param dtype, and no row scales.
+    Problem pre = init;
+    for (size_t t = 0; t < pre.numels.size(); ++t)
+      for (int64_t i = 0; i < pre.numels[t]; ++i) {
+        const double gc = get(init.g[t], pt, i) * row_factor(init, t, i);  // exact in double
+        put(pre.g[t], pt, i,
+            pt == ScalarType::Float64 ? gc : static_cast<double>(static_cast<float>(gc)));
+      }
+    pre.row_c.clear();
+    std::vector<Problem> per_isa;
+    for (const char* isa : g_isas) {
+      cpu::set_cpu_isa_for_testing(isa);
+      Problem got = init;
+      kernel(got, MaskKind::None);
+      per_isa.push_back(got);
+      if (prescale_exact) {
+        Problem p2 = pre;
+        kernel(p2, MaskKind::None);
+        CHECK_CMP(compare(got, p2, n_states, 0, true, &where),
+                  label + " " + isa + " == the step on the pre-scaled gradient: ");
+      }
+      for (MaskKind kind : {MaskKind::Bool, MaskKind::Bits}) {
+        Problem m = init;
+        kernel(m, kind);
+        CHECK_CMP(compare_masked(m, got, init, n_states, &where),
+                  label + " " + isa + (kind == MaskKind::Bool ? " bool" : " bits") +
+                      " mask: ");
+      }
+    }
+    cpu::set_cpu_isa_for_testing(nullptr);
+    CHECK_CMP(compare(per_isa[0], want, n_states, rtol, false, &where),
+              label + " vs double reference: ");
+    for (size_t k = 1; k < per_isa.size(); ++k)
+      CHECK_CMP(same_or_close(per_isa[k], g_isas[k], per_isa[0], want, n_states, rtol, &where),
+                label + " " + g_isas[k] + " vs " + g_isas[0] + ": ");
+  }
+}
+
+static void test_row_scaled() {
+  MirrorD ham;
+  ham.alpha = 200; ham.beta = 1e-3; ham.use_clamp = true;
+  MirrorD hyp = ham;
+  hyp.hyp = true; hyp.gamma = 0.5; hyp.clamp = 0.05;
+  std::vector<AdamCase> adam;
+  auto abase = [](double lr) { AdamConfig c; c.lr = lr; return c; };
+  { AdamCase c{"adamw", abase(1e-3), {}}; c.cfg.weight_decay = 0.01; c.cfg.decoupled_weight_decay = true; adam.push_back(c); }
+  { AdamCase c{"ham-adamw amsgrad, grad scale", abase(1e-3), ham}; c.cfg.weight_decay = 0.1; c.cfg.decoupled_weight_decay = true; c.cfg.amsgrad = true; c.inv_scale = 1.0 / 1024; adam.push_back(c); }
+  { AdamCase c{"horst direction=adam order=before, coupled wd, maximize", abase(1e-3), ham}; c.cfg.mirror.direction = MirrorDirection::Update; c.cfg.mirror.order = MirrorOrder::Before; c.cfg.weight_decay = 0.05; c.cfg.maximize = true; adam.push_back(c); }
+  { AdamCase c{"ham-adam hypentropy", abase(1e-3), hyp}; adam.push_back(c); }
+  std::vector<SgdCase> sgd;
+  auto sbase = [](double lr) { SgdConfig c; c.lr = lr; return c; };
+  { SgdCase c{"ham-sgd momentum nesterov wd", sbase(1e-2), ham}; c.cfg.momentum = 0.9; c.cfg.nesterov = true; c.cfg.weight_decay = 1e-3; sgd.push_back(c); }
+  { SgdCase c{"sgd maximize, grad scale", sbase(1e-2), {}}; c.cfg.maximize = true; c.inv_scale = 1.0 / 3; sgd.push_back(c); }
+  { SgdCase c{"ham-sgd hypentropy momentum", sbase(1e-2), hyp}; c.cfg.momentum = 0.5; sgd.push_back(c); }
+
+  // The row code differs by param type only (float32/float64: the buffer for short rows; 16-bit:
+  // per-segment calls) and by the state type not at all: five of the seven pairs cover it.
+  using ST = ScalarType;
+  const std::vector<std::pair<ST, ST>> pairs = {
+      {ST::Float32, ST::Float32}, {ST::Float64, ST::Float64}, {ST::Float64, ST::Float32},
+      {ST::BFloat16, ST::Float32}, {ST::Float16, ST::Float16}};
+  uint32_t seed = 3000;
+  for (auto [pt, st] : pairs) {
+    const bool wide = pt == ScalarType::Float32 || pt == ScalarType::Float64;
+    for (const auto& c : adam) {
+      row_scaled_case("ham_adam_cpu row scales " + c.name, pt, st, seed++, c.cfg.amsgrad ? 3 : 2,
+                      c.mirror.hyp ? 3e-5 : 0.0, wide && c.inv_scale == 1.0,
+                      [&](Problem& pr, MaskKind k) { adam_kernel(c, pr, k); },
+                      [&](Problem& pr) { adam_reference(c, pr); });
+    }
+    for (const auto& c : sgd) {
+      row_scaled_case("ham_sgd_cpu row scales " + c.name, pt, st, seed++,
+                      c.cfg.momentum != 0 ? 1 : 0, c.mirror.hyp ? 3e-5 : 0.0,
+                      wide && c.inv_scale == 1.0,
+                      [&](Problem& pr, MaskKind k) { sgd_kernel(c, pr, k); },
+                      [&](Problem& pr) { sgd_reference(c, pr); });
+    }
+  }
+
+  // A row length below 1 is rejected before anything is touched.
+  Problem pr = make_problem(ScalarType::Float32, ScalarType::Float32, 9, false);
+  add_row_scales(pr, {1, 7, 33, 1000, 70001}, 9);
+  pr.row_len[2] = 0;
+  const Problem before = pr;
+  bool threw = false;
+  try {
+    sgd_kernel(sgd[0], pr);
+  } catch (const std::invalid_argument&) {
+    threw = true;
+  }
+  CHECK_CMP(threw && compare(pr, before, 1, 0, true, &where),
+            std::string("ham_sgd_cpu rejects row_len 0 and leaves everything untouched: "));
+}
+
 int main() {
   const std::string detected = cpu::cpu_isa();
   for (const char* isa : {"avx512", "avx2", "generic"})
@@ -606,6 +825,7 @@ int main() {
   test_adam();
   test_sgd();
   test_mirror_step();
+  test_row_scaled();
 
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;

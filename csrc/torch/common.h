@@ -106,6 +106,7 @@ inline MaskPointers mask_pointers(const c10::optional<std::vector<at::Tensor>>& 
 // One per kernel family, called by the module definition (csrc/torch/module.cpp).
 void register_mirror_step(py::module_& m);
 void register_masked_adam(py::module_& m);
+void register_row_scale(py::module_& m);
 
 }  // namespace binding
 }  // namespace sparseopt

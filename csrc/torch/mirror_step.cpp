@@ -30,6 +30,37 @@ MirrorConfig mirror_config(double alpha, double beta, c10::optional<double> clam
 }
 
 
+// Row scales of the SGD and Adam steps (None, or one float32 vector of shape[0] entries per
+// param on the params' device): the data pointers and the row lengths numel / shape[0].
+struct RowScalePointers {
+  std::vector<const float*> data;
+  std::vector<int64_t> row_lens;
+  RowScales row_scales;
+};
+
+RowScalePointers row_scale_pointers(const c10::optional<TensorList>& row_scales,
+                                    const TensorList& params) {
+  RowScalePointers out;
+  if (!row_scales.has_value()) return out;
+  TORCH_CHECK(row_scales->size() == params.size(), "sparseopt: row_scales has ",
+              row_scales->size(), " tensors, expected ", params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& c = (*row_scales)[i];
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(p.dim() >= 1, "sparseopt: params[", i, "] is 0-d and has no rows to scale");
+    TORCH_CHECK(c.scalar_type() == at::kFloat && c.dim() == 1 && c.numel() == p.size(0) &&
+                    c.is_contiguous() && c.device() == p.device(),
+                "sparseopt: row_scales[", i, "] must be a contiguous float32 vector of ",
+                p.size(0), " entries on ", p.device());
+    out.data.push_back(c.data_ptr<float>());
+    // A param without elements has no rows to walk; any length >= 1 will do.
+    out.row_lens.push_back(p.numel() > 0 ? p.numel() / p.size(0) : 1);
+  }
+  out.row_scales.data = out.data.data();
+  out.row_scales.row_lens = out.row_lens.data();
+  return out;
+}
+
 // The configs of the three ops, shared by the CPU and CUDA entry points.
 SgdConfig sgd_config(double lr, double weight_decay, double momentum, double dampening,
                      bool nesterov, bool maximize, bool is_first_step, double alpha, double beta,
@@ -81,10 +112,12 @@ void ham_sgd_cpu(TensorList params, TensorList grads, TensorList momentum_buffer
                  double weight_decay, double momentum, double dampening, bool nesterov,
                  bool maximize, bool is_first_step, double alpha, double beta,
                  c10::optional<double> clamp, std::string mirror, double gamma,
-                 double inv_grad_scale, c10::optional<TensorList> masks) {
+                 double inv_grad_scale, c10::optional<TensorList> masks,
+                 c10::optional<TensorList> row_scales) {
   if (params.empty()) return;
   const size_t n = params.size();
   const MaskPointers mp = mask_pointers(masks, n);
+  const RowScalePointers rs = row_scale_pointers(row_scales, params);
   const SgdConfig cfg = sgd_config(lr, weight_decay, momentum, dampening, nesterov, maximize,
                                    is_first_step, alpha, beta, clamp, mirror, gamma);
   auto p = pointers(params, "params", n);
@@ -96,7 +129,7 @@ void ham_sgd_cpu(TensorList params, TensorList grads, TensorList momentum_buffer
   cpu::ham_sgd_cpu(cfg, inv_grad_scale, to_scalar_type(params[0]),
                    state_type_of(params, momentum != 0.0 ? momentum_buffers : TensorList{}),
                    static_cast<int64_t>(n), p.data(), const_ptrs(g), or_null(b), numels.data(),
-                   mp.masks);
+                   mp.masks, rs.row_scales);
 }
 
 void ham_adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
@@ -105,10 +138,11 @@ void ham_adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
                   bool amsgrad, bool maximize, bool decoupled_weight_decay, double alpha,
                   double beta, c10::optional<double> clamp, std::string mirror, double gamma,
                   std::string direction, std::string order, double inv_grad_scale,
-                  c10::optional<TensorList> masks) {
+                  c10::optional<TensorList> masks, c10::optional<TensorList> row_scales) {
   if (params.empty()) return;
   const size_t n = params.size();
   const MaskPointers mp = mask_pointers(masks, n);
+  const RowScalePointers rs = row_scale_pointers(row_scales, params);
   const AdamConfig cfg =
       adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
                   decoupled_weight_decay, alpha, beta, clamp, mirror, gamma, direction, order);
@@ -130,7 +164,7 @@ void ham_adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
   cpu::ham_adam_cpu(cfg, inv_grad_scale, to_scalar_type(params[0]),
                     state_type_of(params, exp_avgs), static_cast<int64_t>(n), p.data(),
                     const_ptrs(g), m.data(), v.data(), or_null(vmax), steps.data(), numels.data(),
-                    mp.masks);
+                    mp.masks, rs.row_scales);
 }
 
 void mirror_step_cpu(TensorList params, TensorList grads, double lr, double alpha, double beta,
@@ -167,11 +201,13 @@ void ham_sgd_cuda(TensorList params, TensorList grads, TensorList momentum_buffe
                   double dampening, bool nesterov, bool maximize, bool is_first_step,
                   double alpha, double beta, c10::optional<double> clamp, std::string mirror,
                   double gamma, c10::optional<at::Tensor> grad_scale,
-                  c10::optional<at::Tensor> found_inf, c10::optional<TensorList> masks) {
+                  c10::optional<at::Tensor> found_inf, c10::optional<TensorList> masks,
+                  c10::optional<TensorList> row_scales) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const size_t n = params.size();
   const MaskPointers mp = mask_pointers(masks, n);
+  const RowScalePointers rs = row_scale_pointers(row_scales, params);
   const SgdConfig cfg = sgd_config(lr, weight_decay, momentum, dampening, nesterov, maximize,
                                    is_first_step, alpha, beta, clamp, mirror, gamma);
   auto p = pointers(params, "params", n);
@@ -183,7 +219,7 @@ void ham_sgd_cuda(TensorList params, TensorList grads, TensorList momentum_buffe
       cfg, device_scalars(lr_tensor, grad_scale, found_inf), to_scalar_type(params[0]),
       state_type_of(params, momentum != 0.0 ? momentum_buffers : TensorList{}),
       static_cast<int64_t>(n), p.data(), const_ptrs(g), or_null(b), numels.data(),
-      current_stream(params[0]), mp.masks));
+      current_stream(params[0]), mp.masks, rs.row_scales));
 }
 
 void ham_adam_cuda(TensorList params, TensorList grads, TensorList exp_avgs,
@@ -194,11 +230,12 @@ void ham_adam_cuda(TensorList params, TensorList grads, TensorList exp_avgs,
                    c10::optional<double> clamp, std::string mirror, double gamma,
                    std::string direction, std::string order,
                    c10::optional<at::Tensor> grad_scale, c10::optional<at::Tensor> found_inf,
-                   c10::optional<TensorList> masks) {
+                   c10::optional<TensorList> masks, c10::optional<TensorList> row_scales) {
   if (params.empty()) return;
   const c10::cuda::CUDAGuard guard(params[0].device());
   const size_t n = params.size();
   const MaskPointers mp = mask_pointers(masks, n);
+  const RowScalePointers rs = row_scale_pointers(row_scales, params);
   const AdamConfig cfg =
       adam_config(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
                   decoupled_weight_decay, alpha, beta, clamp, mirror, gamma, direction, order);
@@ -230,7 +267,8 @@ void ham_adam_cuda(TensorList params, TensorList grads, TensorList exp_avgs,
   check_cuda(cuda::ham_adam_cuda(
       cfg, device_scalars(lr_tensor, grad_scale, found_inf), steps, to_scalar_type(params[0]),
       state_type_of(params, exp_avgs), static_cast<int64_t>(n), p.data(), const_ptrs(g),
-      m.data(), v.data(), or_null(vmax), numels.data(), current_stream(params[0]), mp.masks));
+      m.data(), v.data(), or_null(vmax), numels.data(), current_stream(params[0]), mp.masks,
+      rs.row_scales));
 }
 
 void mirror_step_cuda(TensorList params, TensorList grads, double lr,
@@ -262,13 +300,13 @@ void register_mirror_step(py::module_& m) {
   m.def("ham_sgd_cpu", &b::ham_sgd_cpu, arg("params"), arg("grads"), arg("momentum_buffers"),
         arg("lr"), arg("weight_decay"), arg("momentum"), arg("dampening"), arg("nesterov"),
         arg("maximize"), arg("is_first_step"), arg("alpha"), arg("beta"), arg("clamp"),
-        arg("mirror"), arg("gamma"), arg("inv_grad_scale"), arg("masks"));
+        arg("mirror"), arg("gamma"), arg("inv_grad_scale"), arg("masks"), arg("row_scales"));
   m.def("ham_adam_cpu", &b::ham_adam_cpu, arg("params"), arg("grads"), arg("exp_avgs"),
         arg("exp_avg_sqs"), arg("max_exp_avg_sqs"), arg("state_steps"), arg("lr"),
         arg("beta1"), arg("beta2"), arg("weight_decay"), arg("eps"), arg("amsgrad"),
         arg("maximize"), arg("decoupled_weight_decay"), arg("alpha"), arg("beta"),
         arg("clamp"), arg("mirror"), arg("gamma"), arg("direction"), arg("order"),
-        arg("inv_grad_scale"), arg("masks"));
+        arg("inv_grad_scale"), arg("masks"), arg("row_scales"));
   m.def("mirror_step_cpu", &b::mirror_step_cpu, arg("params"), arg("grads"), arg("lr"),
         arg("alpha"), arg("beta"), arg("clamp"), arg("mirror"), arg("gamma"), arg("maximize"),
         arg("inv_grad_scale"), arg("masks"));
@@ -277,13 +315,13 @@ void register_mirror_step(py::module_& m) {
         arg("lr"), arg("lr_tensor"), arg("weight_decay"), arg("momentum"), arg("dampening"),
         arg("nesterov"), arg("maximize"), arg("is_first_step"), arg("alpha"), arg("beta"),
         arg("clamp"), arg("mirror"), arg("gamma"), arg("grad_scale"), arg("found_inf"),
-        arg("masks"));
+        arg("masks"), arg("row_scales"));
   m.def("ham_adam_cuda", &b::ham_adam_cuda, arg("params"), arg("grads"), arg("exp_avgs"),
         arg("exp_avg_sqs"), arg("max_exp_avg_sqs"), arg("state_steps"), arg("lr"),
         arg("lr_tensor"), arg("beta1"), arg("beta2"), arg("weight_decay"), arg("eps"),
         arg("amsgrad"), arg("maximize"), arg("decoupled_weight_decay"), arg("alpha"),
         arg("beta"), arg("clamp"), arg("mirror"), arg("gamma"), arg("direction"), arg("order"),
-        arg("grad_scale"), arg("found_inf"), arg("masks"));
+        arg("grad_scale"), arg("found_inf"), arg("masks"), arg("row_scales"));
   m.def("mirror_step_cuda", &b::mirror_step_cuda, arg("params"), arg("grads"), arg("lr"),
         arg("lr_tensor"), arg("alpha"), arg("beta"), arg("clamp"), arg("mirror"), arg("gamma"),
         arg("maximize"), arg("grad_scale"), arg("found_inf"), arg("masks"));

@@ -54,4 +54,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &sparseopt::binding::build_info, "How this extension was built");
   sparseopt::binding::register_mirror_step(m);
   sparseopt::binding::register_masked_adam(m);
+  sparseopt::binding::register_row_scale(m);
 }

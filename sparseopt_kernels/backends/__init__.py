@@ -110,6 +110,8 @@ FAMILIES: Dict[str, Dict[str, str]] = {
                "triton": "triton.mirror_step"},
     "masked": {"reference": "reference.masked", "cpp": "backends.cpu_masked",
                "cuda": "backends.cuda_masked", "triton": "triton.masked_adam"},
+    "skew": {"reference": "reference.skew", "cpp": "backends.cpu_skew",
+             "cuda": "backends.cuda_skew", "triton": "triton.skew"},
 }
 
 

@@ -32,20 +32,20 @@ def _inv_scale(grad_scale: Optional[Tensor]) -> float:
 def ham_sgd_(params, grads, momentum_buffers, *, lr, lr_tensor=None, weight_decay=0.0,
              momentum=0.0, dampening=0.0, nesterov=False, maximize=False, is_first_step=False,
              alpha=0.0, beta=0.0, clamp=None, mirror="exp", gamma=1.0, grad_scale=None,
-             found_inf=None, masks=None):
+             found_inf=None, masks=None, row_scales=None):
     if _skip(found_inf):
         return
     _native.native().ham_sgd_cpu(
         params, grads, momentum_buffers, _host_lr(lr, lr_tensor), weight_decay, momentum,
         dampening, nesterov, maximize, is_first_step, alpha, beta, clamp, mirror, gamma,
-        _inv_scale(grad_scale), masks)
+        _inv_scale(grad_scale), masks, row_scales)
 
 
 def ham_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, *, lr,
               lr_tensor=None, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
               amsgrad=False, maximize=False, decoupled_weight_decay=False, alpha=0.0, beta=0.0,
               clamp=None, mirror="exp", gamma=1.0, direction="grad", order="after",
-              grad_scale=None, found_inf=None, masks=None):
+              grad_scale=None, found_inf=None, masks=None, row_scales=None):
     if _skip(found_inf):
         return
     _advance_steps(state_steps, None)
@@ -53,7 +53,7 @@ def ham_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
         _host_lr(lr, lr_tensor), beta1, beta2, weight_decay, eps, amsgrad, maximize,
         decoupled_weight_decay, alpha, beta, clamp, mirror, gamma, direction, order,
-        _inv_scale(grad_scale), masks)
+        _inv_scale(grad_scale), masks, row_scales)
 
 
 def mirror_step_(params, grads, *, lr, lr_tensor=None, alpha=0.0, beta=0.0, clamp=None,

@@ -30,6 +30,11 @@ reproduced exactly. ``exp`` keeps exact zeros at zero; ``hypentropy`` can move a
 Masks (optional, one per param: bool shaped like the param, or bit-packed uint8, see
 :mod:`.masked`): where the mask is 0 the param and its state keep their bits.
 
+Row scales (optional, SGD and Adam only; SparseOpt, see :mod:`.skew`): one float32 vector per
+param with one entry per row (``param.shape[0]``); the gradient is ``g̃ = c ⊙ g`` (after the AMP
+unscale and the maximize negation), and ``g̃`` is used everywhere ``g`` is above, the mirror
+exponent included.
+
 AMP: ``grad_scale`` (device scalar) divides the gradient; when ``found_inf`` (device scalar) is
 non-zero nothing is modified, step counters included. Step counters are incremented by the op
 (like torch.optim) before the bias corrections are computed. No host synchronization anywhere.
@@ -40,6 +45,8 @@ from typing import List, Optional
 
 import torch
 from torch import Tensor
+
+from .skew import scaled_grad
 
 
 def _compute_dtype(p: Tensor) -> torch.dtype:
@@ -116,12 +123,13 @@ def ham_sgd_(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[T
              maximize: bool = False, is_first_step: bool = False, alpha: float = 0.0,
              beta: float = 0.0, clamp: Optional[float] = None, mirror: str = "exp",
              gamma: float = 1.0, grad_scale: Optional[Tensor] = None,
-             found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None) -> None:
+             found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None,
+             row_scales: Optional[List[Tensor]] = None) -> None:
     for i, (p, g_in) in enumerate(zip(params, grads)):
         mask = _dense_mask(masks, i, p)
         ct = _compute_dtype(p)
         theta = p.to(ct)
-        g = _unscale(g_in.to(ct), grad_scale, maximize)
+        g = scaled_grad(_unscale(g_in.to(ct), grad_scale, maximize), row_scales, i)
         eta = _lr_value(lr, lr_tensor, theta)
         g_b = g + weight_decay * theta if weight_decay != 0 else g
         if momentum != 0:
@@ -147,13 +155,14 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
               clamp: Optional[float] = None, mirror: str = "exp", gamma: float = 1.0,
               direction: str = "grad", order: str = "after",
               grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
-              masks: Optional[List[Tensor]] = None) -> None:
+              masks: Optional[List[Tensor]] = None,
+              row_scales: Optional[List[Tensor]] = None) -> None:
     _advance_steps(state_steps, found_inf)
     for i, (p, g_in) in enumerate(zip(params, grads)):
         mask = _dense_mask(masks, i, p)
         ct = _compute_dtype(p)
         theta = p.to(ct)
-        g = _unscale(g_in.to(ct), grad_scale, maximize)
+        g = scaled_grad(_unscale(g_in.to(ct), grad_scale, maximize), row_scales, i)
         eta = _lr_value(lr, lr_tensor, theta)
         # Bias corrections in float64 like torch.optim: 1 − β₂ᵗ cancels badly in float32
         # (β₂ = 0.999 at t = 1 loses 1e-5 relative), so only the results are rounded.

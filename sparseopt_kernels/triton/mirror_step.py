@@ -24,6 +24,11 @@ Masks (``masks[i]``: bool shaped like the param, or bit-packed uint8 with elemen
 of byte e // 8): lanes whose mask bit is 0 are neither read nor written, so the param and its
 state keep their bits; step counters still advance per tensor.
 
+Row scales (``row_scales=`` of ``ham_sgd_`` / ``ham_adam_``; SparseOpt, see :mod:`.skew`): one
+float32 vector per param with one entry per row (``param.shape[0]``). With ``L`` = numel / rows,
+flat element e gets ``g̃ = c[e // L]·g`` right after the unscale and the maximize negation, and
+``g̃`` replaces ``g`` everywhere above (weight decay term, moments, mirror exponent).
+
 Implementation notes
 --------------------
 * Multi-tensor launches. Tensors are grouped by (device, dtypes); each group is one launch over
@@ -51,6 +56,11 @@ Implementation notes
 * Masks are folded into the per-lane bounds mask (``MASK_KIND`` constexpr: 0 none, 1 bool,
   2 bits; the mask's address is one more table column), so loads and stores skip masked-out
   lanes and ``masks=None`` compiles to exactly the unmasked kernel.
+* Row scales are two more table columns (the vector's address and the row length L) behind
+  the ``ROW_SCALE`` constexpr, so ``row_scales=None`` compiles to exactly the unscaled kernel.
+  The row of a lane is ``offs // L`` in int64 (NVPTX runs a 64-bit division as a 32-bit one
+  when both operands fit, which they do below 2³² elements); lanes of one row load the same
+  scale, so the gather costs one cached load per row.
 """
 from __future__ import annotations
 
@@ -286,9 +296,19 @@ def _load_grad(g_ptr, offs, mask, grad_scale_ptr,
     return g
 
 
+@triton.jit
+def _row_scale(row, offs, mask, C_COL: tl.constexpr, LEN_COL: tl.constexpr):
+    """Per lane, the float32 scale ``c[e // L]`` of its row: the table row holds the vector's
+    address in column ``C_COL`` and the row length L in column ``LEN_COL``."""
+    c_ptr = _typed_ptr(tl.load(row + C_COL), 0)
+    row_len = tl.load(row + LEN_COL)
+    return tl.load(c_ptr + offs // row_len, mask=mask, other=0.0)
+
+
 # ---------------------------------------------------------------------------------------------
-# Kernels. Table row per tensor: [param, grad, numel, state..., mask, step]; blocks: (tensor,
-# start). The mask and step columns are present only when used.
+# Kernels. Table row per tensor: [param, grad, numel, state..., mask, row scale, row length,
+# step]; blocks: (tensor, start). The mask, row-scale and step columns are present only when
+# used.
 # ---------------------------------------------------------------------------------------------
 
 @triton.jit
@@ -300,6 +320,7 @@ def _ham_sgd_kernel(table, blocks, lr, lr_ptr, grad_scale_ptr, found_inf_ptr,
                     HAS_MOMENTUM: tl.constexpr, FIRST_STEP: tl.constexpr,
                     NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, MIRROR: tl.constexpr,
                     USE_CLAMP: tl.constexpr, MASK_KIND: tl.constexpr, MASK_COL: tl.constexpr,
+                    ROW_SCALE: tl.constexpr, RS_COL: tl.constexpr,
                     NCOL: tl.constexpr, BLOCK: tl.constexpr):
     if HAS_FOUND_INF:
         if tl.load(found_inf_ptr) != 0:
@@ -313,6 +334,8 @@ def _ham_sgd_kernel(table, blocks, lr, lr_ptr, grad_scale_ptr, found_inf_ptr,
 
     theta = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
     g = _load_grad(g_ptr, offs, mask, grad_scale_ptr, HAS_GRAD_SCALE, MAXIMIZE)
+    if ROW_SCALE:
+        g = g * _row_scale(row, offs, mask, RS_COL, RS_COL + 1)  # g̃ replaces g from here on
     g_b = g
     if HAS_WEIGHT_DECAY:
         g_b = g + weight_decay * theta
@@ -330,7 +353,7 @@ def _ham_sgd_kernel(table, blocks, lr, lr_ptr, grad_scale_ptr, found_inf_ptr,
             d = buf
         tl.store(b_ptr + offs, _to_storage(buf, B_CODE), mask=mask)
     theta1 = theta - lr * d
-    # HAM: the mirror direction is the raw (unscaled, sign-adjusted) gradient.
+    # HAM: the mirror direction is the raw (unscaled, sign-adjusted, row-scaled) gradient.
     new = _mirror(theta1, g, lr, alpha, beta, clamp, gamma, MIRROR, USE_CLAMP)
     tl.store(p_ptr + offs, _to_storage(new, P_CODE), mask=mask)
 
@@ -347,6 +370,7 @@ def _ham_adam_kernel(table, blocks, steps, lr, lr_ptr, grad_scale_ptr, found_inf
                      MIRROR: tl.constexpr, USE_CLAMP: tl.constexpr,
                      DIRECTION_ADAM: tl.constexpr, ORDER_BEFORE: tl.constexpr,
                      MASK_KIND: tl.constexpr, MASK_COL: tl.constexpr,
+                     ROW_SCALE: tl.constexpr, RS_COL: tl.constexpr,
                      NCOL: tl.constexpr, BLOCK: tl.constexpr):
     if HAS_FOUND_INF:
         if tl.load(found_inf_ptr) != 0:
@@ -365,6 +389,8 @@ def _ham_adam_kernel(table, blocks, steps, lr, lr_ptr, grad_scale_ptr, found_inf
 
     theta = tl.load(p_ptr + offs, mask=mask).to(tl.float32)
     g = _load_grad(g_ptr, offs, mask, grad_scale_ptr, HAS_GRAD_SCALE, MAXIMIZE)
+    if ROW_SCALE:
+        g = g * _row_scale(row, offs, mask, RS_COL, RS_COL + 1)  # g̃ replaces g from here on
     g_b = g
     if HAS_WEIGHT_DECAY and not DECOUPLED:
         g_b = g + weight_decay * theta
@@ -565,6 +591,33 @@ def _contiguous(grads: Optional[Sequence[Tensor]]) -> Optional[List[Tensor]]:
     return [g if g.is_contiguous() else g.contiguous() for g in grads]
 
 
+def _rows(t: Tensor) -> int:
+    """Rows of a tensor for the row scales: its first dimension (a 0-d tensor is one row)."""
+    return t.shape[0] if t.dim() > 0 else 1
+
+
+def _check_row_scales(row_scales: Optional[Sequence[Tensor]], params: Sequence[Tensor]) -> None:
+    """``row_scales``: None, or one contiguous float32 vector per param with one entry per row,
+    on the param's device."""
+    if row_scales is None:
+        return
+    if len(row_scales) != len(params):
+        raise ValueError(f"row_scales has {len(row_scales)} tensors, params has {len(params)}")
+    for i, (c, p) in enumerate(zip(row_scales, params)):
+        if c.dtype != torch.float32 or c.dim() != 1 or c.numel() != _rows(p) \
+                or c.device != p.device or not c.is_contiguous():
+            raise ValueError(f"row_scales[{i}] must be a contiguous 1-D float32 tensor with one "
+                             f"entry per row of params[{i}] ({_rows(p)}) on {p.device}, got "
+                             f"{c.dtype} of shape {tuple(c.shape)} on {c.device}")
+
+
+def _row_scale_cols(row_scales: Optional[Sequence[Tensor]], i: int, p: Tensor) -> tuple:
+    """The table columns (vector address, row length L) of ``row_scales[i]``; () if None."""
+    if row_scales is None:
+        return ()
+    return (row_scales[i].data_ptr(), p.numel() // _rows(p))
+
+
 def _steps_in_table(steps: Sequence[Tensor], device: torch.device) -> bool:
     """Whether the kernel can read the step counters through the pointer table: they live on
     the param device with one common dtype (torch.optim's capturable/fused layout). Otherwise
@@ -599,12 +652,17 @@ def ham_sgd_(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[T
              maximize: bool = False, is_first_step: bool = False, alpha: float = 0.0,
              beta: float = 0.0, clamp: Optional[float] = None, mirror: str = "exp",
              gamma: float = 1.0, grad_scale: Optional[Tensor] = None,
-             found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None) -> None:
+             found_inf: Optional[Tensor] = None, masks: Optional[List[Tensor]] = None,
+             row_scales: Optional[List[Tensor]] = None) -> None:
     _check_mirror(mirror, clamp, gamma)
     grads, masks = _contiguous(grads), _contiguous(masks)
     has_momentum = momentum != 0
     states = {"momentum_buffers": momentum_buffers} if has_momentum else {}
-    for key, idx in _groups(params, grads, states, masks).items():
+    groups = _groups(params, grads, states, masks)
+    _check_row_scales(row_scales, params)
+    mask_col = 3 + int(has_momentum)
+    rs_col = mask_col + int(masks is not None)
+    for key, idx in groups.items():
         device = key[0]
         _check_device(device)
         rows = []
@@ -614,6 +672,7 @@ def ham_sgd_(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[T
                 row += (momentum_buffers[i].data_ptr(),)
             if masks is not None:
                 row += (masks[i].data_ptr(),)
+            row += _row_scale_cols(row_scales, i, params[i])
             rows.append(row)
         table, blocks, n_programs = _tables(device, rows)
         lr_t, gs, fi = _common(device, lr_tensor, grad_scale, found_inf)
@@ -629,7 +688,8 @@ def ham_sgd_(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[T
             HAS_MOMENTUM=has_momentum, FIRST_STEP=bool(is_first_step),
             NESTEROV=bool(nesterov), MAXIMIZE=bool(maximize),
             MIRROR=_mirror_form(mirror, alpha, beta), USE_CLAMP=clamp is not None,
-            MASK_KIND=key[-1], MASK_COL=len(rows[0]) - 1,
+            MASK_KIND=key[-1], MASK_COL=mask_col,
+            ROW_SCALE=row_scales is not None, RS_COL=rs_col,
             NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
 
 
@@ -647,7 +707,8 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
               clamp: Optional[float] = None, mirror: str = "exp", gamma: float = 1.0,
               direction: str = "grad", order: str = "after",
               grad_scale: Optional[Tensor] = None, found_inf: Optional[Tensor] = None,
-              masks: Optional[List[Tensor]] = None) -> None:
+              masks: Optional[List[Tensor]] = None,
+              row_scales: Optional[List[Tensor]] = None) -> None:
     _check_mirror(mirror, clamp, gamma)
     if direction not in ("grad", "adam"):
         raise ValueError(f"direction must be 'grad' or 'adam', got {direction!r}")
@@ -661,6 +722,7 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
         states["max_exp_avg_sqs"] = max_exp_avg_sqs
     # validate before touching the step counters
     groups = _groups(params, grads, states, masks)
+    _check_row_scales(row_scales, params)
 
     _advance_steps(state_steps, found_inf)  # like torch.optim: before the bias corrections
 
@@ -675,6 +737,7 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
         steps = [state_steps[i] for i in idx]
         in_table = _steps_in_table(steps, device)
         mask_col = 5 + int(amsgrad)  # the step, when in the table, stays the last column
+        rs_col = mask_col + int(masks is not None)
         rows = []
         for i in idx:
             row = (params[i].data_ptr(), grads[i].data_ptr(), params[i].numel(),
@@ -683,6 +746,7 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
                 row += (max_exp_avg_sqs[i].data_ptr(),)
             if masks is not None:
                 row += (masks[i].data_ptr(),)
+            row += _row_scale_cols(row_scales, i, params[i])
             if in_table:
                 row += (state_steps[i].data_ptr(),)
             rows.append(row)
@@ -706,6 +770,7 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
             MAXIMIZE=bool(maximize), MIRROR=_mirror_form(mirror, alpha, beta),
             USE_CLAMP=clamp is not None, DIRECTION_ADAM=direction == "adam",
             ORDER_BEFORE=order == "before", MASK_KIND=key[-1], MASK_COL=mask_col,
+            ROW_SCALE=row_scales is not None, RS_COL=rs_col,
             NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
 
 

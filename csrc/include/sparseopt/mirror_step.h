@@ -37,6 +37,18 @@ struct Masks {
   const void* const* data = nullptr;  // n_tensors pointers (uint8), null when kind == None
 };
 
+// Optional per-row gradient scales of the SGD and Adam steps (SparseOpt's BN-skew correction,
+// ALGORITHMS.md §3; math in sparseopt_kernels/reference/skew.py), one vector per tensor:
+// tensor i is viewed as rows of row_lens[i] contiguous elements (numel / shape[0]) and the
+// gradient of element e becomes g̃ = c[e / row_lens[i]] · g, where g is the gradient after the
+// AMP unscale and the maximize negation. g̃ replaces g everywhere (weight decay, moments, the
+// mirror exponent). data == nullptr: no scaling, and the unscaled code runs unchanged.
+struct RowScales {
+  const float* const* data = nullptr;  // n_tensors float32 vectors (host or device pointers)
+  const int64_t* row_lens = nullptr;   // n_tensors row lengths (host array), each >= 1
+  bool enabled() const { return data != nullptr; }
+};
+
 struct MirrorConfig {
   double alpha = 0.0;
   double beta = 0.0;
@@ -88,13 +100,13 @@ namespace cpu {
 void ham_sgd_cpu(const SgdConfig& cfg, double inv_grad_scale, ScalarType param_type,
                  ScalarType state_type, int64_t n_tensors, void* const* params,
                  const void* const* grads, void* const* momentum_buffers, const int64_t* numels,
-                 Masks masks = {});
+                 Masks masks = {}, RowScales row_scales = {});
 
 void ham_adam_cpu(const AdamConfig& cfg, double inv_grad_scale, ScalarType param_type,
                   ScalarType state_type, int64_t n_tensors, void* const* params,
                   const void* const* grads, void* const* exp_avgs, void* const* exp_avg_sqs,
                   void* const* max_exp_avg_sqs, const double* steps, const int64_t* numels,
-                  Masks masks = {});
+                  Masks masks = {}, RowScales row_scales = {});
 
 void mirror_step_cpu(const MirrorStepConfig& cfg, double inv_grad_scale, ScalarType param_type,
                      int64_t n_tensors, void* const* params, const void* const* grads,

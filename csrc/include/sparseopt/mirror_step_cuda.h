@@ -36,13 +36,15 @@ struct StepCounts {
 cudaError_t ham_sgd_cuda(const SgdConfig& cfg, DeviceScalars scalars, ScalarType param_type,
                          ScalarType state_type, int64_t n_tensors, void* const* params,
                          const void* const* grads, void* const* momentum_buffers,
-                         const int64_t* numels, cudaStream_t stream, Masks masks = {});
+                         const int64_t* numels, cudaStream_t stream, Masks masks = {},
+                         RowScales row_scales = {});
 
 cudaError_t ham_adam_cuda(const AdamConfig& cfg, DeviceScalars scalars, StepCounts steps,
                           ScalarType param_type, ScalarType state_type, int64_t n_tensors,
                           void* const* params, const void* const* grads, void* const* exp_avgs,
                           void* const* exp_avg_sqs, void* const* max_exp_avg_sqs,
-                          const int64_t* numels, cudaStream_t stream, Masks masks = {});
+                          const int64_t* numels, cudaStream_t stream, Masks masks = {},
+                          RowScales row_scales = {});
 
 cudaError_t mirror_step_cuda(const MirrorStepConfig& cfg, DeviceScalars scalars,
                              ScalarType param_type, int64_t n_tensors, void* const* params,
