@@ -2,5 +2,6 @@
 from .ham import HAM
 from .horst import HORST
 from .nanoadam import NanoAdam
+from .sparseopt import SparseOpt
 
-__all__ = ["HAM", "HORST", "NanoAdam"]
+__all__ = ["HAM", "HORST", "NanoAdam", "SparseOpt"]

@@ -16,7 +16,6 @@ With ``alpha=0, beta=0`` the base optimizer is reproduced exactly.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -25,6 +24,7 @@ from torch.optim import SGD, Adam, AdamW, Optimizer
 
 from .. import _checks
 from .. import functional as F
+from ._wrapper import OptimizerWrapper
 
 ApplyTo = Callable[[Tensor], bool]
 
@@ -32,17 +32,6 @@ ApplyTo = Callable[[Tensor], bool]
 def default_apply_to(p: Tensor) -> bool:
     """Conv/linear weights, embeddings and heads; biases and norm parameters are skipped."""
     return p.ndim >= 2
-
-
-def init_hooks(opt: Optimizer) -> None:
-    """The hook tables that ``Optimizer.__init__`` creates, for a wrapper that shares its
-    param_groups and state with the optimizer it wraps (so it cannot call that __init__)."""
-    for name in ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks",
-                 "_optimizer_state_dict_pre_hooks", "_optimizer_state_dict_post_hooks",
-                 "_optimizer_load_state_dict_pre_hooks", "_optimizer_load_state_dict_post_hooks"):
-        setattr(opt, name, OrderedDict())
-    opt._patch_step_function()
-    opt._warned_capturable_if_run_uncaptured = True
 
 
 def _fusable_tensor(t: Optional[Tensor]) -> bool:
@@ -58,7 +47,7 @@ def _scalar_dtype(fused: bool) -> torch.dtype:
     return torch.float32
 
 
-class HAM(Optimizer):
+class HAM(OptimizerWrapper):
     """Wrap ``optimizer`` so each step is followed by the hyperbolic mirror step.
 
     Args:
@@ -86,45 +75,14 @@ class HAM(Optimizer):
         if apply_to is not None and not callable(apply_to):
             raise TypeError(f"apply_to must be a callable predicate on a parameter, got "
                             f"{type(apply_to).__name__}")
-        self.__dict__["optimizer"] = optimizer
+        self._wrap(optimizer)
         self._set_settings(dict(alpha=alpha, beta=beta, clamp=clamp, mirror=mirror,
                                 gamma=gamma, max_weight_norm=max_weight_norm))
         self.apply_to: ApplyTo = apply_to or default_apply_to
-        init_hooks(self)
-
-    # --- the base optimizer's attributes are HAM's ---------------------------------------------
-    @property
-    def param_groups(self) -> List[Dict]:
-        return self.optimizer.param_groups
-
-    @param_groups.setter
-    def param_groups(self, value) -> None:
-        self.optimizer.param_groups = value
-
-    @property
-    def state(self):
-        return self.optimizer.state
-
-    @state.setter
-    def state(self, value) -> None:
-        self.optimizer.state = value
-
-    @property
-    def defaults(self) -> Dict:
-        return self.optimizer.defaults
-
-    @defaults.setter
-    def defaults(self, value) -> None:
-        self.optimizer.defaults = value
-
-    def add_param_group(self, param_group: Dict) -> None:
-        self.optimizer.add_param_group(param_group)
-
-    def __getstate__(self):
-        return self.__dict__.copy()
-
-    def __setstate__(self, state) -> None:
-        self.__dict__.update(state)
+        # Per-param dense masks and SparseOpt row scales for the fused kernels, filled in by
+        # SparseOpt (tensors updated in place by the mask schedulers; empty for plain HAM).
+        self.masks: Dict[Tensor, Tensor] = {}
+        self.row_scales: Dict[Tensor, Tensor] = {}
 
     def __repr__(self) -> str:
         s = self.settings()
@@ -220,12 +178,20 @@ class HAM(Optimizer):
 
     def _buckets(self, group: Dict, extra_key: Callable[[Tensor], object] = lambda p: None
                  ) -> Dict[Tuple, List[Tensor]]:
-        """Params with a gradient, split by (mirrored?, extra key); the op splits by dtype."""
+        """Params with a gradient, split by (mirrored?, masked?, row-scaled?, extra key); the op
+        splits by dtype."""
         buckets: Dict[Tuple, List[Tensor]] = {}
         for p in group["params"]:
             if p.grad is not None:
-                buckets.setdefault((bool(self.apply_to(p)), extra_key(p)), []).append(p)
+                key = (bool(self.apply_to(p)), p in self.masks, p in self.row_scales,
+                       extra_key(p))
+                buckets.setdefault(key, []).append(p)
         return buckets
+
+    def _sparse_kwargs(self, key: Tuple, params: List[Tensor]) -> Dict:
+        _, masked, scaled, _ = key
+        return dict(masks=[self.masks[p] for p in params] if masked else None,
+                    row_scales=[self.row_scales[p] for p in params] if scaled else None)
 
     def _sgd_group(self, group: Dict, grad_scale, found_inf) -> None:
         momentum = group["momentum"]
@@ -233,7 +199,8 @@ class HAM(Optimizer):
         def first_step(p: Tensor) -> bool:
             return momentum != 0 and self.state[p].get("momentum_buffer") is None
 
-        for (mirrored, is_first), params in self._buckets(group, first_step).items():
+        for key, params in self._buckets(group, first_step).items():
+            mirrored, is_first = key[0], key[3]
             bufs: List[Tensor] = []
             if momentum != 0:
                 for p in params:
@@ -246,12 +213,13 @@ class HAM(Optimizer):
                       dampening=group["dampening"], nesterov=group["nesterov"],
                       maximize=group.get("maximize", False), is_first_step=is_first,
                       grad_scale=grad_scale, found_inf=found_inf,
-                      **self._mirror_kwargs(mirrored))
+                      **self._mirror_kwargs(mirrored), **self._sparse_kwargs(key, params))
 
     def _adam_group(self, group: Dict, adamw: bool, grad_scale, found_inf) -> None:
         amsgrad = group["amsgrad"]
         beta1, beta2 = group["betas"]
-        for (mirrored, _), params in self._buckets(group).items():
+        for key, params in self._buckets(group).items():
+            mirrored = key[0]
             exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], []
             for p in params:
                 state = self.state[p]
@@ -280,7 +248,8 @@ class HAM(Optimizer):
                        maximize=group.get("maximize", False),
                        decoupled_weight_decay=adamw or group.get("decoupled_weight_decay", False),
                        direction="grad", order="after", grad_scale=grad_scale,
-                       found_inf=found_inf, **self._mirror_kwargs(mirrored))
+                       found_inf=found_inf, **self._mirror_kwargs(mirrored),
+                       **self._sparse_kwargs(key, params))
 
     def _mirror_after_base_step(self) -> None:
         """Fallback path: the base optimizer has stepped; apply the standalone mirror op."""

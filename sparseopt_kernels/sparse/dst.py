@@ -1,0 +1,206 @@
+r"""Dynamic sparse training: RigL and SET mask updates (ALGORITHMS.md §9).
+
+Call ``scheduler.step()`` after ``optimizer.step()``. At every ``delta_t``-th call, while the
+call count is below ``stop_step``, each layer with ``n`` active weights drops and regrows
+``k = ⌊f(t)·n⌋`` of them, with the cosine-decaying drop fraction
+``f(t) = f₀/2 · (1 + cos(π·t / stop_step))`` (``f₀`` without a ``stop_step``)::
+
+    drop:  the k active weights of smallest |θ|
+    grow:  among the weights inactive after the drop, the k of largest |∇L| (RigL, the dense,
+           uncorrected gradient in ``p.grad``) or k drawn uniformly at random (SET)
+
+so the number of active weights per layer never changes. A grown weight that was inactive
+before the update starts at exactly zero, and so does every optimizer state tensor shaped like
+the weight (momentum, Adam moments) at that position; a weight dropped and regrown in the same
+update keeps its value and state, as in the RigL reference code. Dropped weights are set to
+zero; their stale state is never read by the mask-aware steps and is zeroed if they regrow.
+
+Everything runs on the weights' device with ``k`` known on the host (the per-layer counts of
+:class:`~.masks.SparseMasks`): top-k selections and indexed writes, no host synchronization.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .. import _checks
+from .masks import SparseMasks
+
+
+def owned_params(optimizer: Optimizer) -> set:
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def check_owned(masks: SparseMasks, optimizer: Optimizer) -> None:
+    """Every masked weight must be one of the optimizer's parameters."""
+    owned = owned_params(optimizer)
+    for i, p in enumerate(masks.params):
+        if id(p) not in owned:
+            raise ValueError(f"masks has a mask for a parameter the optimizer does not own "
+                             f"(masks.params[{i}], shape {tuple(p.shape)})")
+
+
+class _MaskScheduler:
+    """Shared schedule; subclasses define the growth score."""
+
+    def __init__(self, masks: SparseMasks, optimizer: Optimizer, delta_t: int = 100,
+                 drop_fraction: float = 0.3, stop_step: Optional[int] = None) -> None:
+        if not isinstance(masks, SparseMasks):
+            raise TypeError(f"masks must be a SparseMasks, got {type(masks).__name__}")
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
+                            f"{type(optimizer).__name__}")
+        check_owned(masks, optimizer)
+        for name, value in (("delta_t", delta_t), ("stop_step", stop_step)):
+            if value is None and name == "stop_step":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.drop_fraction = _checks.check_real("drop_fraction", drop_fraction, low=0.0,
+                                                high=1.0, high_open=False)
+        self.masks = masks
+        self.optimizer = optimizer
+        self.delta_t = delta_t
+        self.stop_step = stop_step
+        self.step_count = 0
+        self.updates = 0
+
+    def drop_fraction_at(self, t: int) -> float:
+        if self.stop_step is None:
+            return self.drop_fraction
+        return self.drop_fraction / 2 * (1 + math.cos(math.pi * min(t, self.stop_step)
+                                                      / self.stop_step))
+
+    def will_update(self) -> bool:
+        """Whether the next :meth:`step` call updates the masks."""
+        t = self.step_count + 1
+        return t % self.delta_t == 0 and (self.stop_step is None or t < self.stop_step)
+
+    def step(self) -> bool:
+        """Count one training step; update the masks when due. Returns whether it did."""
+        update = self.will_update()
+        self.step_count += 1
+        if update:
+            self.update(self.drop_fraction_at(self.step_count))
+        return update
+
+    @torch.no_grad()
+    def update(self, fraction: float) -> None:
+        """Drop and regrow ``⌊fraction·n⌋`` weights in every layer now."""
+        for i, (p, mask) in enumerate(self.masks):
+            n_active = self.masks.n_active[i]
+            k = int(fraction * n_active)
+            if k > 0:
+                self._update_layer(p, mask, n_active, k)
+        self.updates += 1
+        self.masks.changed()
+
+    def _grow_score(self, p: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _update_layer(self, p: Tensor, mask: Tensor, n_active: int, k: int) -> None:
+        flat_mask = mask.view(-1)
+        flat_p = p.view(-1)
+        # Drop: the k smallest |θ| among the n_active active weights. The active positions are
+        # gathered first (nonzero_static: their count is known on the host, so no sync), so
+        # the selection runs over n_active values instead of the whole tensor.
+        active = torch.nonzero_static(flat_mask, size=n_active).view(-1)
+        smallest = torch.topk(flat_p.index_select(0, active).abs(), k, largest=False,
+                              sorted=False).indices
+        drop_idx = active.index_select(0, smallest)
+        new_mask = flat_mask.index_fill(0, drop_idx, False)
+        # Grow: the k best scores among the weights inactive after the drop.
+        grow_score = self._grow_score(p).view(-1).float().masked_fill_(new_mask, -float("inf"))
+        grow_idx = torch.topk(grow_score, k, sorted=False).indices
+        was_active = flat_mask.index_select(0, grow_idx)
+        new_mask.index_fill_(0, grow_idx, True)
+        # New weights and their state start at zero; dropped-and-regrown ones keep theirs.
+        state = self.optimizer.state.get(p, {})
+        for t in [p] + [v for v in state.values()
+                        if isinstance(v, Tensor) and v.shape == p.shape and v is not p]:
+            flat = t.view(-1)
+            kept = flat.index_select(0, grow_idx)
+            flat.index_copy_(0, grow_idx, torch.where(was_active, kept, torch.zeros_like(kept)))
+        kept = flat_p.index_select(0, drop_idx)
+        still = new_mask.index_select(0, drop_idx)
+        flat_p.index_copy_(0, drop_idx, torch.where(still, kept, torch.zeros_like(kept)))
+        flat_mask.copy_(new_mask)
+
+    # --- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> Dict:
+        return {"step_count": self.step_count, "updates": self.updates,
+                "delta_t": self.delta_t, "drop_fraction": self.drop_fraction,
+                "stop_step": self.stop_step}
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        self.step_count = int(state_dict["step_count"])
+        self.updates = int(state_dict["updates"])
+        self.delta_t = int(state_dict["delta_t"])
+        self.drop_fraction = float(state_dict["drop_fraction"])
+        self.stop_step = state_dict["stop_step"]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(delta_t={self.delta_t}, drop_fraction="
+                f"{self.drop_fraction}, stop_step={self.stop_step}, step_count="
+                f"{self.step_count})")
+
+
+class RigL(_MaskScheduler):
+    """RigL (Evci et al. 2020): drop the smallest |θ|, grow where |∇L| is largest.
+
+    The growth score is the dense gradient in ``p.grad`` as autograd left it (the uncorrected
+    one: :class:`~sparseopt_kernels.optim.SparseOpt` never rewrites ``p.grad``), so
+    ``scheduler.step()`` must run after the backward pass and before ``zero_grad()``.
+    """
+
+    def _grow_score(self, p: Tensor) -> Tensor:
+        if p.grad is None:
+            raise RuntimeError(f"RigL needs the dense gradient of every masked weight at an "
+                               f"update step; the weight of shape {tuple(p.shape)} has no "
+                               ".grad (call scheduler.step() before optimizer.zero_grad())")
+        return p.grad.abs()
+
+
+class SET(_MaskScheduler):
+    """SET (Mocanu et al. 2018): drop the smallest |θ|, grow at random.
+
+    ``seed`` seeds the growth draws (None: torch's global generator).
+    """
+
+    def __init__(self, masks: SparseMasks, optimizer: Optimizer, delta_t: int = 100,
+                 drop_fraction: float = 0.3, stop_step: Optional[int] = None,
+                 seed: Optional[int] = None) -> None:
+        super().__init__(masks, optimizer, delta_t, drop_fraction, stop_step)
+        self._generators: Dict[torch.device, torch.Generator] = {}
+        self.seed = seed
+
+    def _grow_score(self, p: Tensor) -> Tensor:
+        gen = None
+        if self.seed is not None:
+            gen = self._generators.get(p.device)
+            if gen is None:
+                gen = self._generators[p.device] = torch.Generator(device=p.device)
+                gen.manual_seed(self.seed)
+        return torch.rand(p.shape, generator=gen, device=p.device)
+
+    def state_dict(self) -> Dict:
+        sd = super().state_dict()
+        sd["seed"] = self.seed
+        sd["generators"] = {str(d): g.get_state() for d, g in self._generators.items()}
+        return sd
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        super().load_state_dict(state_dict)
+        self.seed = state_dict.get("seed")
+        self._generators = {}
+        for device, gen_state in state_dict.get("generators", {}).items():
+            gen = torch.Generator(device=device)
+            gen.set_state(gen_state)
+            self._generators[torch.device(device)] = gen
+
+
+__all__ = ["RigL", "SET"]
