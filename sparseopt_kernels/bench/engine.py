@@ -151,7 +151,8 @@ CASES: Dict[Tuple[str, str], Case] = {}
 # (masked Adam, SparseOpt, block-sparse matmul) adds its module here or calls
 # ``add_family_module`` before ``load_families()`` runs.
 FAMILY_MODULES: Dict[str, List[str]] = {
-    "optim": ["sparseopt_kernels.bench.optim", "sparseopt_kernels.bench.masked"],
+    "optim": ["sparseopt_kernels.bench.optim", "sparseopt_kernels.bench.masked",
+              "sparseopt_kernels.bench.skew"],
     "matmul": ["sparseopt_kernels.bench.matmul"],
 }
 
