@@ -220,3 +220,20 @@ def test_rigl_without_grad_and_bad_arguments():
         RigL(masks, other)
     with pytest.raises(TypeError, match="SparseMasks"):
         SET([m for m in masks.masks], opt)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+@pytest.mark.parametrize("k", [1, 37, 5000])
+def test_top_k_equals_torch_topk_on_large_inputs(largest, k):
+    """The CPU path (sampled threshold, then top-k of the candidates) is exact."""
+    from sparseopt_kernels.sparse.dst import top_k
+    gen = torch.Generator().manual_seed(k)
+    score = torch.randn(300_000, generator=gen)
+    exclude = torch.rand(300_000, generator=gen) < 0.9
+    got = top_k(score, k, largest=largest, exclude=exclude)
+    want = torch.topk(score.masked_fill(exclude, float("-inf") if largest else float("inf")),
+                      k, largest=largest).indices
+    assert torch.equal(got.sort().values, want.sort().values)
+    got = top_k(score, k, largest=largest)
+    assert torch.equal(got.sort().values,
+                       torch.topk(score, k, largest=largest).indices.sort().values)

@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
+
 namespace sparseopt {
 namespace cuda {
 
@@ -29,6 +31,31 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
 }
 template <>
 __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+// N consecutive bool mask bytes at off as bits (bit k: mask[off + k] != 0), N in {1, 4, 8}: one
+// 4- or 8-byte load for a vector (the caller checks the alignment).
+template <int N>
+__device__ __forceinline__ uint32_t bool_mask_bits(const uint8_t* mask, int off) {
+  static_assert(N == 1 || N == 4 || N == 8, "vector widths are 1, 4 or 8 elements");
+  if constexpr (N == 1) {
+    return mask[off] != 0 ? 1u : 0u;
+  } else {
+    uint32_t words[N / 4];
+    if constexpr (N == 4) {
+      words[0] = *reinterpret_cast<const uint32_t*>(mask + off);
+    } else {
+      const uint2 w = *reinterpret_cast<const uint2*>(mask + off);
+      words[0] = w.x;
+      words[1] = w.y;
+    }
+    uint32_t bits = 0;
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      bits |= (((words[k / 4] >> (8 * (k % 4))) & 0xffu) != 0 ? 1u : 0u) << k;
+    }
+    return bits;
+  }
+}
 
 }  // namespace cuda
 }  // namespace sparseopt

@@ -172,24 +172,7 @@ __device__ __forceinline__ uint32_t mask_bits(const uint8_t* mask, int off) {
     return (byte >> (off & 7)) & ((1u << N) - 1u);
   } else {
     static_assert(kMask == kMaskBool, "no bits without a mask");
-    if constexpr (N == 1) {
-      return mask[off] != 0 ? 1u : 0u;
-    } else {
-      uint32_t words[N / 4];
-      if constexpr (N == 4) {
-        words[0] = *reinterpret_cast<const uint32_t*>(mask + off);
-      } else {
-        const uint2 w = *reinterpret_cast<const uint2*>(mask + off);
-        words[0] = w.x;
-        words[1] = w.y;
-      }
-      uint32_t bits = 0;
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        bits |= (((words[k / 4] >> (8 * (k % 4))) & 0xffu) != 0 ? 1u : 0u) << k;
-      }
-      return bits;
-    }
+    return bool_mask_bits<N>(mask, off);
   }
 }
 

@@ -257,30 +257,6 @@ __global__ void __launch_bounds__(kBlockThreads) row_coefficient_kernel(
 
 // Rows of a chunk: see row_split.cuh.
 
-// N consecutive mask bytes at off as bits (bit k: mask[off + k] != 0); one 4- or 8-byte load
-// for a vector (the caller checks the alignment).
-template <int N>
-__device__ __forceinline__ uint32_t mask_bits(const uint8_t* mask, int off) {
-  static_assert(N == 1 || N == 4 || N == 8, "vector widths are 1, 4 or 8 elements");
-  if constexpr (N == 1) {
-    return mask[off] != 0 ? 1u : 0u;
-  } else {
-    uint32_t words[N / 4];
-    if constexpr (N == 4) {
-      words[0] = *reinterpret_cast<const uint32_t*>(mask + off);
-    } else {
-      const uint2 w = *reinterpret_cast<const uint2*>(mask + off);
-      words[0] = w.x;
-      words[1] = w.y;
-    }
-    uint32_t bits = 0;
-#pragma unroll
-    for (int k = 0; k < N; ++k) {
-      bits |= (((words[k / 4] >> (8 * (k % 4))) & 0xffu) != 0 ? 1u : 0u) << k;
-    }
-    return bits;
-  }
-}
 
 template <int N, typename T>
 __device__ __forceinline__ void load_raw(const T* p, T (&raw)[N]) {
@@ -336,7 +312,7 @@ __global__ void __launch_bounds__(kBlockThreads) row_scale_kernel(
     alignas(16) T v[N];
     uint32_t bits = (1u << N) - 1u;
     if constexpr (kMasked) {
-      bits = mask_bits<N>(mask, off);
+      bits = bool_mask_bits<N>(mask, off);
       if (bits == 0) {  // all masked out: +0 everywhere, x need not be read
 #pragma unroll
         for (int k = 0; k < N; ++k) v[k] = from_float<T>(0.0f);
