@@ -16,7 +16,8 @@ update keeps its value and state, as in the RigL reference code. Dropped weights
 zero; their stale state is never read by the mask-aware steps and is zeroed if they regrow.
 
 Everything runs on the weights' device with ``k`` known on the host (the per-layer counts of
-:class:`~.masks.SparseMasks`): top-k selections and indexed writes, no host synchronization.
+:class:`~.masks.SparseMasks`): top-k selections and indexed writes, no host synchronization on
+CUDA (the CPU path reads candidate counts, which costs nothing there; see :func:`top_k`).
 """
 from __future__ import annotations
 
@@ -140,12 +141,16 @@ class _MaskScheduler:
     def _update_layer(self, p: Tensor, mask: Tensor, n_active: int, k: int) -> None:
         flat_mask = mask.view(-1)
         flat_p = p.view(-1)
-        # Drop: the k smallest |θ| among the n_active active weights. The active positions are
-        # gathered first (nonzero_static: their count is known on the host, so no sync), so
-        # the selection runs over n_active values instead of the whole tensor.
-        active = torch.nonzero_static(flat_mask, size=n_active).view(-1)
-        smallest = top_k(flat_p.index_select(0, active).abs(), k, largest=False)
-        drop_idx = active.index_select(0, smallest)
+        # Drop: the k smallest |θ| among the n_active active weights. On the CPU the active
+        # positions are gathered first (their count is known on the host), so the selection
+        # runs over n_active values instead of the whole tensor; on CUDA one top-k over the
+        # whole tensor (a radix select) needs neither a sync nor nonzero_static.
+        if p.device.type == "cpu":
+            active = torch.nonzero_static(flat_mask, size=n_active).view(-1)
+            smallest = top_k(flat_p.index_select(0, active).abs(), k, largest=False)
+            drop_idx = active.index_select(0, smallest)
+        else:
+            drop_idx = top_k(flat_p.abs(), k, largest=False, exclude=flat_mask.logical_not())
         new_mask = flat_mask.index_fill(0, drop_idx, False)
         # Grow: the k best scores among the weights inactive after the drop.
         grow_idx = top_k(self._grow_score(p).view(-1), k, exclude=new_mask)
