@@ -237,3 +237,31 @@ def test_top_k_equals_torch_topk_on_large_inputs(largest, k):
     got = top_k(score, k, largest=largest)
     assert torch.equal(got.sort().values,
                        torch.topk(score, k, largest=largest).indices.sort().values)
+
+
+def test_rigl_parallel_update_equals_sequential_and_checks_first():
+    """Layers updated on several threads give the sequential result; a missing gradient raises
+    before any layer changes."""
+    def run(parallel):
+        net, masks, opt, x, y = _train_setup()
+        net.add_module("big", nn.Linear(600, 200))  # one layer above the top_k sampling size
+        masks = SparseMasks(net, density=0.3, distribution="uniform", seed=0)
+        masks.apply()
+        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+        sch = RigL(masks, opt, delta_t=1, drop_fraction=0.3)
+        sch._parallel_cpu = parallel
+        _backward(net[:3], x, y)
+        net.big.weight.grad = torch.randn(200, 600)
+        sch.step()
+        return masks, net
+
+    (a, net_a), (b, net_b) = run(True), run(False)
+    assert all(torch.equal(x, y) for x, y in zip(a.masks, b.masks))
+    assert all(torch.equal(x, y) for x, y in zip(net_a.parameters(), net_b.parameters()))
+    net, masks, opt, x, y = _train_setup()
+    _backward(net, x, y)
+    net[2].weight.grad = None
+    before = [m.clone() for m in masks.masks]
+    with pytest.raises(RuntimeError, match="dense gradient"):
+        RigL(masks, opt, delta_t=1).step()
+    assert all(torch.equal(x, y) for x, y in zip(before, masks.masks))

@@ -22,6 +22,7 @@ CUDA (the CPU path reads candidate counts, which costs nothing there; see :func:
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional
 
 import torch
@@ -124,14 +125,35 @@ class _MaskScheduler:
             self.update(self.drop_fraction_at(self.step_count))
         return update
 
+    # Layers may be updated concurrently on the CPU (no random draws, so the result does not
+    # depend on the order): most of an update is single-threaded selection and index work.
+    _parallel_cpu = False
+
+    def _check_ready(self) -> None:
+        """Raise before anything is modified if the update cannot run."""
+
     @torch.no_grad()
     def update(self, fraction: float) -> None:
         """Drop and regrow ``⌊fraction·n⌋`` weights in every layer now."""
-        for i, (p, mask) in enumerate(self.masks):
-            n_active = self.masks.n_active[i]
-            k = int(fraction * n_active)
-            if k > 0:
-                self._update_layer(p, mask, n_active, k)
+        self._check_ready()
+        layers = [(p, mask, n, int(fraction * n))
+                  for (p, mask), n in zip(self.masks, self.masks.n_active)]
+        layers = [layer for layer in layers if layer[3] > 0]
+        threads = torch.get_num_threads()
+        if self._parallel_cpu and threads > 1 and all(p.device.type == "cpu"
+                                                      for p, *_ in layers):
+            # Largest layers first. Measured, ResNet-50 weights on 2 cores: 216 → 145 ms.
+            layers.sort(key=lambda layer: -layer[0].numel())
+
+            def run(layer):
+                with torch.no_grad():  # grad mode is thread-local
+                    self._update_layer(*layer)
+
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(run, layers))
+        else:
+            for layer in layers:
+                self._update_layer(*layer)
         self.updates += 1
         self.masks.changed()
 
@@ -195,11 +217,17 @@ class RigL(_MaskScheduler):
     ``scheduler.step()`` must run after the backward pass and before ``zero_grad()``.
     """
 
+    _parallel_cpu = True
+
+    def _check_ready(self) -> None:
+        for p in self.masks.params:
+            if p.grad is None:
+                raise RuntimeError(f"RigL needs the dense gradient of every masked weight at "
+                                   f"an update step; the weight of shape {tuple(p.shape)} has "
+                                   "no .grad (call scheduler.step() before "
+                                   "optimizer.zero_grad())")
+
     def _grow_score(self, p: Tensor) -> Tensor:
-        if p.grad is None:
-            raise RuntimeError(f"RigL needs the dense gradient of every masked weight at an "
-                               f"update step; the weight of shape {tuple(p.shape)} has no "
-                               ".grad (call scheduler.step() before optimizer.zero_grad())")
         return p.grad.abs()
 
 
