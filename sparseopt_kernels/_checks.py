@@ -381,6 +381,9 @@ def check_row_scale(tensors, scales, masks) -> None:
         if x.dtype not in PARAM_DTYPES:
             raise TypeError(f"tensors[{i}] has dtype {x.dtype}; expected one of float32, "
                             "float64, bfloat16, float16")
+        if x.dtype != tensors[0].dtype:
+            raise TypeError(f"tensors[{i}] has dtype {x.dtype} but tensors[0] has "
+                            f"{tensors[0].dtype}: call the op once per dtype")
         if x.dim() == 0:
             raise ValueError(f"tensors[{i}] is 0-d; row scaling needs rows (shape[0])")
         _check_row_vector(f"scales[{i}]", c, _rows(x), device, f"tensors[{i}]")

@@ -200,11 +200,6 @@ def compact_adam(params: List[Tensor], grads: List[Tensor], indices: List[Tensor
 remap_compact_state = _masked_ref.remap_compact_state
 
 
-def _check_list(name: str, lst) -> None:
-    if not isinstance(lst, (list, tuple)):
-        raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
-
-
 def row_coefficients(masks: List[Tensor], out: Optional[List[Tensor]] = None) -> List[Tensor]:
     """SparseOpt's per-row gradient coefficients of each bool mask (rows = ``shape[0]``)::
 
@@ -214,47 +209,23 @@ def row_coefficients(masks: List[Tensor], out: Optional[List[Tensor]] = None) ->
     reduction and no host synchronization. ``out`` (float32 vectors) is written in place,
     otherwise new vectors are returned.
     """
-    _check_list("masks", masks)
+    if not isinstance(masks, (list, tuple)):
+        raise TypeError(f"masks must be a list of tensors, got {type(masks).__name__}")
     if out is None:
         out = [torch.empty(m.shape[0] if m.dim() > 0 else 0, dtype=torch.float32,
                            device=m.device) for m in masks]
-    _check_list("out", out)
-    if len(out) != len(masks):
-        raise ValueError(f"out has {len(out)} tensors but masks has {len(masks)}")
-    _run_per_device("row_coefficients_", [masks, out], 2)
+    _run_grouped("row_coefficients_", [masks, out], [False, False], {})
     return list(out)
 
 
 def row_scale_(tensors: List[Tensor], scales: List[Tensor], *,
                masks: Optional[List[Tensor]] = None) -> None:
     """In place ``x[i] ← c_i · x[i]`` per row (and ``+0`` where ``masks`` is False): the
-    standalone SparseOpt correction for optimizers whose step is not fused with it."""
-    _check_list("tensors", tensors)
-    _check_list("scales", scales)
-    lists = [tensors, scales] + ([masks] if masks is not None else [])
-    _run_per_device("row_scale_", lists, 2)
-
-
-def _run_per_device(op: str, lists: Sequence[List[Tensor]], n_positional: int) -> None:
-    """One call of ``op`` per device of ``lists[0]``; a list beyond the ``n_positional`` first
-    ones is the ``masks`` keyword. Every split is checked before any runs."""
-    def call(split):
-        kw = {"masks": split[n_positional]} if len(split) > n_positional else {}
-        return split[:n_positional], kw
-
-    if any(len(lst) != len(lists[0]) for lst in lists) or not lists[0]:
-        args, kw = call(list(lists))  # unsplit: the op's own check names the list
-        getattr(torch.ops.sparseopt, op)(*args, **kw)
-        return
-    by_device: "OrderedDict[torch.device, List[int]]" = OrderedDict()
-    for i, t in enumerate(lists[0]):
-        by_device.setdefault(getattr(t, "device", None), []).append(i)
-    calls = [call([[lst[i] for i in idx] for lst in lists]) for idx in by_device.values()]
-    if len(calls) > 1:
-        for args, kw in calls:
-            _ops.VALIDATORS[op](*args, **kw)
-    for args, kw in calls:
-        getattr(torch.ops.sparseopt, op)(*args, **kw)
+    standalone SparseOpt correction for optimizers whose step is not fused with it. Tensors of
+    several devices and dtypes take one op call each."""
+    if not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"tensors must be a list of tensors, got {type(tensors).__name__}")
+    _run_grouped("row_scale_", [tensors, scales], [False, False], dict(masks=masks))
 
 
 __all__ = ["ham_sgd", "ham_adam", "mirror_step", "chunk_select", "compact_adam",

@@ -264,3 +264,19 @@ def test_digits_example_runs(tmp_path):
     assert all(len(runs) == 1 and len(runs[0]) == 2 for runs in curves.values())
     assert all(runs[0][-1] > 0.5 for runs in curves.values())  # it learns (10 classes)
     assert plot.stat().st_size > 0
+
+
+def test_functional_row_scale_splits_by_dtype():
+    """The op takes one dtype per call; the functional API calls it once per (device, dtype),
+    so SparseOpt's unfused path works for models that mix dtypes."""
+    from sparseopt_kernels.reference import skew as ref_skew
+    xs = [torch.randn(4, 6), torch.randn(3, 5, dtype=torch.float64), torch.randn(2, 2)]
+    masks = [torch.rand(x.shape) < 0.5 for x in xs]
+    cs = F.row_coefficients(masks)
+    want = [x.clone() for x in xs]
+    for w, c, m in zip(want, cs, masks):
+        ref_skew.row_scale_([w], [c], masks=[m])
+    F.row_scale_(xs, cs, masks=masks)
+    assert all(torch.equal(x, w) for x, w in zip(xs, want))
+    with pytest.raises(TypeError, match="once per dtype"):
+        torch.ops.sparseopt.row_scale_(xs, cs, masks=masks)

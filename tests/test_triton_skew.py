@@ -161,7 +161,9 @@ def test_row_coefficients_formula_and_one_launch_each(monkeypatch):
 
 def test_row_coefficients_noncontiguous_mask_and_repeated_calls():
     base = torch.rand(9, 16, generator=_gen(4)) < 0.5
-    masks = [base.t(), base[:, ::2]]  # non-contiguous: rows of the views, like the reference
+    with pytest.raises(ValueError, match="contiguous"):  # the op's contract, as on every backend
+        tri.row_coefficients_([base.t()], [torch.empty(16)])
+    masks = [base.t().contiguous(), base[:, ::2].contiguous()]
     want = _coefficients(masks, ref.row_coefficients_)
     out = [torch.empty(m.shape[0]) for m in masks]
     for _ in range(2):  # a second call on the same outputs (cached tables, fresh scratch)
@@ -233,16 +235,18 @@ def test_row_scale_bf16_rounds_to_nearest_even():
     assert x[0].tolist() == [[3.03125, -3.03125], [1.0 + 2 ** -6, 1.0]]
 
 
-def test_row_scale_one_launch_per_dtype(monkeypatch):
+def test_row_scale_one_launch_for_many_tensors(monkeypatch):
     counter = _LaunchCounter(monkeypatch, tri, "_row_scale_kernel")
-    xs = [torch.randn(s) for s in SHAPES] + [torch.randn(3, 4, dtype=torch.bfloat16),
-                                               torch.randn(0, 4)]
+    xs = [torch.randn(s) for s in SHAPES] + [torch.randn(0, 4)]
     cs = [torch.rand(x.shape[0]) for x in xs]
     want = _clone(xs)
     tri.row_scale_(xs, cs)
     ref.row_scale_(want, cs)
-    assert counter.count == 2  # float32 + bfloat16; the empty tensor is skipped
+    assert counter.count == 1  # the empty tensor is skipped
     _assert_bits_equal(xs, want)
+    with pytest.raises(TypeError, match="once per dtype"):  # like every other op
+        tri.row_scale_([torch.randn(3, 4), torch.randn(3, 4, dtype=torch.bfloat16)],
+                       [torch.rand(3), torch.rand(3)])
 
 
 def test_row_scale_bad_arguments():

@@ -53,10 +53,9 @@ from torch import Tensor
 import triton
 import triton.language as tl
 
-from .mirror_step import (_BLOCK, _DTYPE_CODES, _NUM_WARPS, _check_device, _chunk, _contiguous,
+from .. import _checks
+from .mirror_step import (_BLOCK, _DTYPE_CODES, _NUM_WARPS, _check_device, _chunk,
                           _row_scale, _rows, _tables, _to_storage, _typed_ptr)
-
-_SCALE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,25 +134,10 @@ def _row_scale_kernel(table, blocks, X_CODE: tl.constexpr, HAS_MASK: tl.constexp
 # Launchers (same signatures and semantics as the reference)
 # ---------------------------------------------------------------------------------------------
 
-def _check_vector(name: str, i: int, c: Tensor, rows: int, device: torch.device) -> None:
-    if c.dtype != torch.float32 or c.dim() != 1 or c.numel() != rows or c.device != device:
-        raise ValueError(f"{name}[{i}] must be a 1-D float32 tensor with one entry per row "
-                         f"({rows}) on {device}, got {c.dtype} of shape {tuple(c.shape)} on "
-                         f"{c.device}")
-
-
 def row_coefficients_(masks: List[Tensor], coefficients: List[Tensor]) -> None:
-    if len(coefficients) != len(masks):
-        raise ValueError(f"coefficients has {len(coefficients)} tensors, masks has {len(masks)}")
-    masks = _contiguous(masks)
+    _checks.check_row_coefficients(masks, coefficients)
     groups: Dict[torch.device, List[int]] = {}
-    for i, (m, c) in enumerate(zip(masks, coefficients)):
-        if m.dtype != torch.bool or m.dim() == 0:
-            raise ValueError(f"masks[{i}] must be a bool tensor with at least one dimension, "
-                             f"got {m.dtype} of shape {tuple(m.shape)}")
-        _check_vector("coefficients", i, c, _rows(m), m.device)
-        if not c.is_contiguous():
-            raise ValueError(f"coefficients[{i}] must be contiguous")
+    for i, m in enumerate(masks):
         if _rows(m) > 0:  # (no rows: nothing to write)
             groups.setdefault(m.device, []).append(i)
 
@@ -179,26 +163,9 @@ def row_coefficients_(masks: List[Tensor], coefficients: List[Tensor]) -> None:
 
 def row_scale_(tensors: List[Tensor], scales: List[Tensor], *,
                masks: Optional[List[Tensor]] = None) -> None:
-    if len(scales) != len(tensors):
-        raise ValueError(f"scales has {len(scales)} tensors, tensors has {len(tensors)}")
-    if masks is not None and len(masks) != len(tensors):
-        raise ValueError(f"masks has {len(masks)} tensors, tensors has {len(tensors)}")
-    scales, masks = _contiguous(scales), _contiguous(masks)
+    _checks.check_row_scale(tensors, scales, masks)
     groups: Dict[tuple, List[int]] = {}
-    for i, (x, c) in enumerate(zip(tensors, scales)):
-        if x.dtype not in _SCALE_DTYPES:
-            raise TypeError(f"tensors[{i}] has dtype {x.dtype}; expected float32, bfloat16, "
-                            "float16 or float64")
-        if x.dim() == 0 or not x.is_contiguous():
-            raise ValueError(f"tensors[{i}] must be a contiguous tensor with at least one "
-                             f"dimension, got shape {tuple(x.shape)}")
-        _check_vector("scales", i, c, _rows(x), x.device)
-        if masks is not None:
-            m = masks[i]
-            if m.dtype != torch.bool or m.shape != x.shape or m.device != x.device:
-                raise ValueError(f"masks[{i}] must be a bool tensor shaped and placed like "
-                                 f"tensors[{i}], got {m.dtype} of shape {tuple(m.shape)} on "
-                                 f"{m.device}")
+    for i, x in enumerate(tensors):
         if x.numel() > 0:
             groups.setdefault((x.device, x.dtype), []).append(i)
 
