@@ -27,7 +27,11 @@
 
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
+
+#include "sparseopt/mirror_step.h"
 
 #define SPARSEOPT_AI inline __attribute__((always_inline))
 
@@ -162,6 +166,25 @@ SPARSEOPT_AI C sel(MaskT<C> m, C a, C b) {
   C out;
   std::memcpy(&out, &r, sizeof out);
   return out;
+}
+
+// A type as a value, for generic lambdas: f(Tag<float>{}) and `typename decltype(tag)::type`.
+template <class T>
+struct Tag {
+  using type = T;
+};
+
+// Calls f(Tag<T>) with T the storage type of `t`; `what` names the kernel in the error.
+template <class F>
+void with_storage_type(ScalarType t, const char* what, F&& f) {
+  switch (t) {
+    case ScalarType::Float32: return f(Tag<float>{});
+    case ScalarType::Float64: return f(Tag<double>{});
+    case ScalarType::BFloat16: return f(Tag<bf16_t>{});
+    case ScalarType::Float16: return f(Tag<f16_t>{});
+  }
+  throw std::invalid_argument(std::string("sparseopt ") + what +
+                              ": tensors must be float32, float64, bfloat16 or float16");
 }
 
 }  // namespace detail

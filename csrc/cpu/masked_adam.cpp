@@ -49,26 +49,11 @@ namespace cpu {
 
 using detail::bf16_t;
 using detail::f16_t;
+using detail::Tag;
 using detail::widen;
+using detail::with_storage_type;
 
 namespace {
-
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-template <class F>
-void with_value_type(ScalarType t, F&& f) {
-  switch (t) {
-    case ScalarType::Float32: return f(Tag<float>{});
-    case ScalarType::Float64: return f(Tag<double>{});
-    case ScalarType::BFloat16: return f(Tag<bf16_t>{});
-    case ScalarType::Float16: return f(Tag<f16_t>{});
-  }
-  throw std::invalid_argument(
-      "sparseopt CPU masked kernels: values must be float32/float64/bfloat16/float16");
-}
 
 // ------------------------------------------------------------------------------------------
 // Selection.
@@ -311,7 +296,7 @@ void chunk_select_cpu(const SelectConfig& cfg, ScalarType value_type, int64_t n_
   const int64_t n_items = static_cast<int64_t>(items.size());
   const bool parallel = total >= 65536 && n_items > 1;
   (void)parallel;
-  with_value_type(value_type, [&](auto vtag) {
+  with_storage_type(value_type, "chunk_select_cpu", [&](auto vtag) {
     using P = typename decltype(vtag)::type;
 #if defined(_OPENMP)
 #pragma omp parallel if (parallel)
@@ -364,7 +349,7 @@ void compact_adam_cpu(const CompactAdamConfig& cfg, double inv_grad_scale, Scala
   const bool parallel = total >= kMinParallel && n_items > 1;
   (void)parallel;
 
-  with_value_type(param_type, [&](auto ptag) {
+  with_storage_type(param_type, "compact_adam_cpu", [&](auto ptag) {
     using P = typename decltype(ptag)::type;
     using C_ = ComputeT<P>;
     auto run = [&](auto stag, auto itag) {

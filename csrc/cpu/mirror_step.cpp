@@ -476,10 +476,7 @@ MirrorKind mirror_kind(const MirrorConfig& m, bool honour_order) {
   return before ? MirrorKind::HypBefore : MirrorKind::HypAfter;
 }
 
-template <class T>
-struct Tag {
-  using type = T;
-};
+using detail::Tag;
 
 // Calls f(Tag<P>, Tag<S>) for the supported (param, state) storage types.
 template <class F>

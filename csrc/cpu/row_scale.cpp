@@ -52,6 +52,7 @@ using detail::bf16_t;
 using detail::f16_t;
 using detail::store;
 using detail::widen;
+using detail::with_storage_type;
 
 namespace {
 
@@ -217,23 +218,6 @@ ExpandFn<C> expand_fn(Isa isa) {
   return &expand_generic<C>;
 }
 
-template <class T>
-struct Tag {
-  using type = T;
-};
-
-template <class F>
-void with_type(ScalarType t, F&& f) {
-  switch (t) {
-    case ScalarType::Float32: return f(Tag<float>{});
-    case ScalarType::Float64: return f(Tag<double>{});
-    case ScalarType::BFloat16: return f(Tag<bf16_t>{});
-    case ScalarType::Float16: return f(Tag<f16_t>{});
-  }
-  throw std::invalid_argument(
-      "sparseopt row_scale_cpu: tensors must be float32, float64, bfloat16 or float16");
-}
-
 template <class Fn>
 void parallel_for(int64_t n_items, bool parallel, Fn&& fn) {
   (void)parallel;
@@ -355,7 +339,7 @@ void row_scale_cpu(ScalarType type, int64_t n_tensors, void* const* tensors,
   const bool parallel = total >= kMinParallel && n_items > 1;
   const bool masked = masks != nullptr;
 
-  with_type(type, [&](auto tag) {
+  with_storage_type(type, "row_scale_cpu", [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
     const auto row_fn =
