@@ -389,3 +389,96 @@ def check_row_scale(tensors, scales, masks) -> None:
         _check_row_vector(f"scales[{i}]", c, _rows(x), device, f"tensors[{i}]")
         if masks is not None:
             _check_bool_mask(f"masks[{i}]", masks[i], x, f"tensors[{i}]")
+
+
+# --- block-sparse matmuls ------------------------------------------------------------------------
+
+BLOCK_SIZES = (16, 32, 64, 128)
+
+
+def check_block_size(block_size) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, int):
+        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
+    if block_size not in BLOCK_SIZES:
+        raise ValueError(f"block_size must be one of {', '.join(map(str, BLOCK_SIZES))}, "
+                         f"got {block_size}")
+    return block_size
+
+
+def _check_matrix(name: str, t, device, dtype=None) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a strided (dense) tensor, got {t.layout}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (rows × features), got shape {tuple(t.shape)}")
+    if t.dtype not in PARAM_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; expected float32, float64, bfloat16 or "
+                        "float16")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name} has dtype {t.dtype}, expected {dtype} like the block values")
+    if device is not None and t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} like the block values")
+
+
+def _check_indices(name: str, t, device, numel: Optional[int] = None) -> None:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dtype != torch.int32 or t.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D int32 tensor, got {t.dtype} of shape "
+                         f"{tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device}, expected {device} like the block values")
+    if numel is not None and t.numel() != numel:
+        raise ValueError(f"{name} has {t.numel()} entries, expected {numel}")
+
+
+def _check_values(values) -> int:
+    if not isinstance(values, Tensor):
+        raise TypeError(f"values must be a tensor, got {type(values).__name__}")
+    if values.dtype not in PARAM_DTYPES:
+        raise TypeError(f"values has dtype {values.dtype}; expected float32, float64, bfloat16 "
+                        "or float16")
+    if values.dim() != 3 or values.shape[1] != values.shape[2]:
+        raise ValueError("values must be (nnz_blocks × block × block), got shape "
+                         f"{tuple(values.shape)}")
+    return check_block_size(int(values.shape[-1]))  # a SymInt under torch.compile
+
+
+def _check_features(name: str, features: int, block: int, what: str) -> None:
+    if features % block:
+        raise ValueError(f"{name} has {features} {what}, not a multiple of the block size "
+                         f"{block}")
+
+
+def check_dds(x, values, row_offsets, col_indices) -> None:
+    b = _check_values(values)
+    _check_matrix("x", x, values.device, values.dtype)
+    _check_features("x", x.shape[1], b, "columns (in_features)")
+    _check_indices("row_offsets", row_offsets, values.device)
+    if row_offsets.numel() < 2:
+        raise ValueError("row_offsets must have (block-rows + 1) >= 2 entries")
+    _check_indices("col_indices", col_indices, values.device, values.shape[0])
+
+
+def check_dsd(dy, values, col_offsets, t_row_indices, t_block_ids) -> None:
+    b = _check_values(values)
+    _check_matrix("dy", dy, values.device, values.dtype)
+    _check_features("dy", dy.shape[1], b, "columns (out_features)")
+    _check_indices("col_offsets", col_offsets, values.device)
+    if col_offsets.numel() < 2:
+        raise ValueError("col_offsets must have (block-columns + 1) >= 2 entries")
+    _check_indices("t_row_indices", t_row_indices, values.device, values.shape[0])
+    _check_indices("t_block_ids", t_block_ids, values.device, values.shape[0])
+
+
+def check_sdd(dy, x, row_indices, col_indices, block_size) -> None:
+    b = check_block_size(block_size)
+    _check_matrix("dy", dy, None)
+    _check_matrix("x", x, dy.device, dy.dtype)
+    if dy.shape[0] != x.shape[0]:
+        raise ValueError(f"dy has {dy.shape[0]} rows but x has {x.shape[0]}")
+    _check_features("dy", dy.shape[1], b, "columns (out_features)")
+    _check_features("x", x.shape[1], b, "columns (in_features)")
+    _check_indices("row_indices", row_indices, dy.device)
+    _check_indices("col_indices", col_indices, dy.device, row_indices.numel())

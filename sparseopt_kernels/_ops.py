@@ -172,6 +172,58 @@ define("row_scale_",
        "skew", _ref_skew.row_scale_, validate_row_scale_)
 
 
+# --- block-sparse matmuls of a linear layer: y = x Wᵀ (dds), dx = dy W (dsd), dW = dyᵀ x (sdd) --
+
+from .reference import block_sparse as _ref_bs  # noqa: E402
+
+
+def validate_dds(x, values, row_offsets, col_indices, *, allow_tf32=False):
+    _checks.check_dds(x, values, row_offsets, col_indices)
+
+
+def validate_dsd(dy, values, col_offsets, t_row_indices, t_block_ids, *, allow_tf32=False):
+    _checks.check_dsd(dy, values, col_offsets, t_row_indices, t_block_ids)
+
+
+def validate_sdd(dy, x, row_indices, col_indices, block_size, *, allow_tf32=False):
+    _checks.check_sdd(dy, x, row_indices, col_indices, block_size)
+
+
+def fake_dds(x, values, row_offsets, col_indices, *, allow_tf32=False):
+    return x.new_empty(x.shape[0], (row_offsets.shape[0] - 1) * values.shape[-1])
+
+
+def fake_dsd(dy, values, col_offsets, t_row_indices, t_block_ids, *, allow_tf32=False):
+    return dy.new_empty(dy.shape[0], (col_offsets.shape[0] - 1) * values.shape[-1])
+
+
+def fake_sdd(dy, x, row_indices, col_indices, block_size, *, allow_tf32=False):
+    return dy.new_empty(row_indices.shape[0], block_size, block_size)
+
+
+define("dds", "dds(Tensor x, Tensor values, Tensor row_offsets, Tensor col_indices, *, "
+       "bool allow_tf32=False) -> Tensor", "block_sparse", _ref_bs.dds, validate_dds, fake_dds)
+define("dsd", "dsd(Tensor dy, Tensor values, Tensor col_offsets, Tensor t_row_indices, "
+       "Tensor t_block_ids, *, bool allow_tf32=False) -> Tensor", "block_sparse", _ref_bs.dsd,
+       validate_dsd, fake_dsd)
+define("sdd", "sdd(Tensor dy, Tensor x, Tensor row_indices, Tensor col_indices, "
+       "int block_size, *, bool allow_tf32=False) -> Tensor", "block_sparse", _ref_bs.sdd,
+       validate_sdd, fake_sdd)
+
+
+def _not_differentiable(name):
+    def backward(ctx, *grads):
+        raise RuntimeError(f"sparseopt::{name} has no derivative of its own (its backward needs "
+                           "the other two products and the layout's transposed index); use "
+                           "sparseopt_kernels.sparse.BlockSparseLinear or "
+                           "BlockSparseLinearFunction to differentiate through it")
+    return backward
+
+
+for _name in ("dds", "dsd", "sdd"):  # a clear error instead of autograd's silent zero gradient
+    torch.library.register_autograd(f"sparseopt::{_name}", _not_differentiable(_name), lib=_lib)
+
+
 _SCALAR_KINDS: dict = {}
 
 

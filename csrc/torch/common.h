@@ -107,6 +107,7 @@ inline MaskPointers mask_pointers(const c10::optional<std::vector<at::Tensor>>& 
 void register_mirror_step(py::module_& m);
 void register_masked_adam(py::module_& m);
 void register_row_scale(py::module_& m);
+void register_block_sparse(py::module_& m);
 
 }  // namespace binding
 }  // namespace sparseopt

@@ -112,6 +112,8 @@ FAMILIES: Dict[str, Dict[str, str]] = {
                "cuda": "backends.cuda_masked", "triton": "triton.masked_adam"},
     "skew": {"reference": "reference.skew", "cpp": "backends.cpu_skew",
              "cuda": "backends.cuda_skew", "triton": "triton.skew"},
+    "block_sparse": {"reference": "reference.block_sparse", "cpp": "backends.cpu_block_sparse",
+                     "cuda": "backends.cuda_block_sparse", "triton": "triton.block_sparse"},
 }
 
 
