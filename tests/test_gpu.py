@@ -365,3 +365,69 @@ def test_sparseopt_with_rigl_on_cuda(backend, use_backend):
         for p, k in masks:
             assert torch.equal(p[~k], torch.zeros_like(p[~k]))
             assert int(k.sum()) == masks.n_active[masks.index(p)]
+
+
+# --- block-sparse matmuls -------------------------------------------------------------------------
+
+def _block_case(b, kind, M, dtype, gen_seed=0):
+    from sparseopt_kernels.sparse import BlockLayout
+    gen = torch.Generator().manual_seed(gen_seed)
+    out_f, in_f = 4 * b, 3 * b
+    R, C = 4, 3
+    ids = {"random": torch.randperm(R * C, generator=gen)[:5], "single": torch.tensor([7]),
+           "full-row": torch.arange(C, 2 * C), "all": torch.arange(R * C)}[kind]
+    L = BlockLayout(out_f, in_f, b, ids.cuda())
+    values = torch.randn(L.nnz, b, b, generator=gen).to("cuda", dtype)
+    x = torch.randn(M, in_f, generator=gen).to("cuda", dtype)
+    dy = torch.randn(M, out_f, generator=gen).to("cuda", dtype)
+    return L, values, x, dy
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype,tf32", [(torch.float32, False), (torch.float32, True),
+                                        (torch.float16, False), (torch.bfloat16, False)])
+@pytest.mark.parametrize("b", [16, 32, 64, 128])
+@pytest.mark.parametrize("kind", ["random", "single", "full-row", "all"])
+def test_block_sparse_ops_on_cuda(backend, dtype, tf32, b, kind, use_backend):
+    from sparseopt_kernels.reference import block_sparse as ref_bs
+    use_backend(backend)
+    M = 300  # not a multiple of any row tile
+    L, values, x, dy = _block_case(b, kind, M, dtype)
+    W = ref_bs.dense_weight(values.double(), L.row_indices, L.col_indices, 4, 3)
+    # TF32 keeps 10 mantissa bits; half types round the inputs' products' output
+    tol = {torch.float32: 2e-2 if tf32 else 1e-4, torch.float16: 1e-2,
+           torch.bfloat16: 6e-2}[dtype]
+    y = torch.ops.sparseopt.dds(x, values, L.row_offsets, L.col_indices, allow_tf32=tf32)
+    dx = torch.ops.sparseopt.dsd(dy, values, L.col_offsets, L.t_row_indices, L.t_block_ids,
+                                 allow_tf32=tf32)
+    dw = torch.ops.sparseopt.sdd(dy, x, L.row_indices, L.col_indices, b, allow_tf32=tf32)
+    mask = L.dense_mask()
+    for actual, expected in ((y, x.double() @ W.t()), (dx, dy.double() @ W),
+                             (ref_bs.dense_weight(dw.double(), L.row_indices, L.col_indices,
+                                                  4, 3), (dy.double().t() @ x.double()) * mask)):
+        scale = expected.abs().max().clamp(min=1)
+        assert (actual.double() - expected).abs().max() <= tol * scale
+    assert torch.equal(y[:, ~mask.any(1)], torch.zeros_like(y[:, ~mask.any(1)]))
+    assert torch.equal(dx[:, ~mask.any(0)], torch.zeros_like(dx[:, ~mask.any(0)]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_block_sparse_layer_and_rigl_on_cuda(backend, use_backend):
+    from sparseopt_kernels.sparse import BlockRigL, BlockSparseLinear
+    use_backend(backend)
+    torch.manual_seed(0)
+    layer = BlockSparseLinear(256, 128, block_size=32, density=0.25, device="cuda",
+                              dtype=torch.bfloat16)
+    x = torch.randn(4, 50, 256, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    y = layer(x)
+    yd = torch.nn.functional.linear(x.float(), layer.to_dense().float(), layer.bias.float())
+    assert (y.float() - yd).abs().max() <= 3e-2 * yd.abs().max()
+    opt = HAM(torch.optim.AdamW(layer.parameters(), lr=1e-3), alpha=5.0, beta=1e-2)
+    sched = BlockRigL(layer, opt, delta_t=2, drop_fraction=0.5)
+    for _ in range(4):
+        opt.zero_grad()
+        layer(x).float().square().mean().backward()
+        opt.step()
+        sched.step()
+    assert sched.updates == 2 and layer.nnz == 8
+    assert layer.block_ids.unique().numel() == 8

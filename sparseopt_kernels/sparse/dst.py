@@ -81,17 +81,15 @@ def check_owned(masks: SparseMasks, optimizer: Optimizer) -> None:
                              f"(masks.params[{i}], shape {tuple(p.shape)})")
 
 
-class _MaskScheduler:
-    """Shared schedule; subclasses define the growth score."""
+class Schedule:
+    """When to update and by how much: every ``delta_t``-th :meth:`step` below ``stop_step``,
+    with the cosine-decaying drop fraction. Subclasses implement :meth:`update`."""
 
-    def __init__(self, masks: SparseMasks, optimizer: Optimizer, delta_t: int = 100,
-                 drop_fraction: float = 0.3, stop_step: Optional[int] = None) -> None:
-        if not isinstance(masks, SparseMasks):
-            raise TypeError(f"masks must be a SparseMasks, got {type(masks).__name__}")
+    def __init__(self, optimizer: Optimizer, delta_t: int = 100, drop_fraction: float = 0.3,
+                 stop_step: Optional[int] = None) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
-        check_owned(masks, optimizer)
         for name, value in (("delta_t", delta_t), ("stop_step", stop_step)):
             if value is None and name == "stop_step":
                 continue
@@ -99,7 +97,6 @@ class _MaskScheduler:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.drop_fraction = _checks.check_real("drop_fraction", drop_fraction, low=0.0,
                                                 high=1.0, high_open=False)
-        self.masks = masks
         self.optimizer = optimizer
         self.delta_t = delta_t
         self.stop_step = stop_step
@@ -124,6 +121,71 @@ class _MaskScheduler:
         if update:
             self.update(self.drop_fraction_at(self.step_count))
         return update
+
+    def update(self, fraction: float) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> Dict:
+        return {"step_count": self.step_count, "updates": self.updates,
+                "delta_t": self.delta_t, "drop_fraction": self.drop_fraction,
+                "stop_step": self.stop_step}
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        self.step_count = int(state_dict["step_count"])
+        self.updates = int(state_dict["updates"])
+        self.delta_t = int(state_dict["delta_t"])
+        self.drop_fraction = float(state_dict["drop_fraction"])
+        self.stop_step = state_dict["stop_step"]
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(delta_t={self.delta_t}, drop_fraction="
+                f"{self.drop_fraction}, stop_step={self.stop_step}, step_count="
+                f"{self.step_count})")
+
+
+class RandomGrowth:
+    """Seeded uniform growth scores for SET-style schedulers (``seed`` None: torch's global
+    generator); the generators are saved in the state_dict."""
+
+    def _init_random(self, seed: Optional[int]) -> None:
+        self._generators: Dict[torch.device, torch.Generator] = {}
+        self.seed = seed
+
+    def _random_scores(self, shape, device: torch.device) -> Tensor:
+        gen = None
+        if self.seed is not None:
+            gen = self._generators.get(device)
+            if gen is None:
+                gen = self._generators[device] = torch.Generator(device=device)
+                gen.manual_seed(self.seed)
+        return torch.rand(shape, generator=gen, device=device)
+
+    def state_dict(self) -> Dict:
+        sd = super().state_dict()
+        sd["seed"] = self.seed
+        sd["generators"] = {str(d): g.get_state() for d, g in self._generators.items()}
+        return sd
+
+    def load_state_dict(self, state_dict: Dict) -> None:
+        super().load_state_dict(state_dict)
+        self.seed = state_dict.get("seed")
+        self._generators = {}
+        for device, gen_state in state_dict.get("generators", {}).items():
+            gen = torch.Generator(device=device)
+            gen.set_state(gen_state)
+            self._generators[torch.device(device)] = gen
+
+
+class _MaskScheduler(Schedule):
+    """Mask updates of :class:`SparseMasks`; subclasses define the growth score."""
+
+    def __init__(self, masks: SparseMasks, optimizer: Optimizer, delta_t: int = 100,
+                 drop_fraction: float = 0.3, stop_step: Optional[int] = None) -> None:
+        if not isinstance(masks, SparseMasks):
+            raise TypeError(f"masks must be a SparseMasks, got {type(masks).__name__}")
+        super().__init__(optimizer, delta_t, drop_fraction, stop_step)
+        check_owned(masks, optimizer)
+        self.masks = masks
 
     # Layers may be updated concurrently on the CPU (no random draws, so the result does not
     # depend on the order): most of an update is single-threaded selection and index work.
@@ -190,24 +252,6 @@ class _MaskScheduler:
         flat_p.index_copy_(0, drop_idx, torch.where(still, kept, torch.zeros_like(kept)))
         flat_mask.copy_(new_mask)
 
-    # --- checkpoints --------------------------------------------------------------------------
-    def state_dict(self) -> Dict:
-        return {"step_count": self.step_count, "updates": self.updates,
-                "delta_t": self.delta_t, "drop_fraction": self.drop_fraction,
-                "stop_step": self.stop_step}
-
-    def load_state_dict(self, state_dict: Dict) -> None:
-        self.step_count = int(state_dict["step_count"])
-        self.updates = int(state_dict["updates"])
-        self.delta_t = int(state_dict["delta_t"])
-        self.drop_fraction = float(state_dict["drop_fraction"])
-        self.stop_step = state_dict["stop_step"]
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(delta_t={self.delta_t}, drop_fraction="
-                f"{self.drop_fraction}, stop_step={self.stop_step}, step_count="
-                f"{self.step_count})")
-
 
 class RigL(_MaskScheduler):
     """RigL (Evci et al. 2020): drop the smallest |θ|, grow where |∇L| is largest.
@@ -231,7 +275,7 @@ class RigL(_MaskScheduler):
         return p.grad.abs()
 
 
-class SET(_MaskScheduler):
+class SET(RandomGrowth, _MaskScheduler):
     """SET (Mocanu et al. 2018): drop the smallest |θ|, grow at random.
 
     ``seed`` seeds the growth draws (None: torch's global generator).
@@ -241,32 +285,10 @@ class SET(_MaskScheduler):
                  drop_fraction: float = 0.3, stop_step: Optional[int] = None,
                  seed: Optional[int] = None) -> None:
         super().__init__(masks, optimizer, delta_t, drop_fraction, stop_step)
-        self._generators: Dict[torch.device, torch.Generator] = {}
-        self.seed = seed
+        self._init_random(seed)
 
     def _grow_score(self, p: Tensor) -> Tensor:
-        gen = None
-        if self.seed is not None:
-            gen = self._generators.get(p.device)
-            if gen is None:
-                gen = self._generators[p.device] = torch.Generator(device=p.device)
-                gen.manual_seed(self.seed)
-        return torch.rand(p.shape, generator=gen, device=p.device)
-
-    def state_dict(self) -> Dict:
-        sd = super().state_dict()
-        sd["seed"] = self.seed
-        sd["generators"] = {str(d): g.get_state() for d, g in self._generators.items()}
-        return sd
-
-    def load_state_dict(self, state_dict: Dict) -> None:
-        super().load_state_dict(state_dict)
-        self.seed = state_dict.get("seed")
-        self._generators = {}
-        for device, gen_state in state_dict.get("generators", {}).items():
-            gen = torch.Generator(device=device)
-            gen.set_state(gen_state)
-            self._generators[torch.device(device)] = gen
+        return self._random_scores(p.shape, p.device)
 
 
 __all__ = ["RigL", "SET"]
