@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from sparseopt_kernels import backends
 from sparseopt_kernels.bench import Provider, cli, engine, optim
 
 FAST = ["--device", "cpu", "--quick", "--min-run-time", "0.005", "--no-progress"]
@@ -135,15 +136,22 @@ def test_compare_flags_a_provider_that_now_fails():
     assert regressions and "FAILS" in regressions[0]
 
 
-def test_matmul_quick_checks_baselines(tmp_path, capsys):
+def test_matmul_quick_checks_ours_and_the_baselines(tmp_path):
     path = tmp_path / "m.json"
     assert run_cli("matmul", "--json", str(path)) == 0
-    text = capsys.readouterr().out
-    assert "no block-sparse kernels in this build yet" in text
-    rows = {r["provider"]: r for r in load(path)["results"]}
-    assert set(rows) == {"dense", "torch-bsr", "torch-bsr-mm"}
-    assert all(r["correct"] and r["tflops"] > 0 for r in rows.values())
-    assert rows["dense"]["pct_dense"] == pytest.approx(100.0)
+    rows = {}
+    for r in load(path)["results"]:
+        rows.setdefault(r["case"], {})[r["provider"]] = r
+    forward = rows["block-sparse-linear"]
+    expected = {"dense", "torch-bsr", "torch-bsr-mm", "reference"}
+    if backends.unavailable("cpp", "cpu") is None:
+        expected.add("ours-cpp")
+    assert set(forward) == expected
+    assert all(r["correct"] and r["tflops"] > 0 for r in forward.values())
+    assert forward["dense"]["pct_dense"] == pytest.approx(100.0)
+    assert set(rows["block-sparse-linear-fwd-bwd"]) == expected - {"torch-bsr", "torch-bsr-mm"}
+    assert all(r["correct"] for case in rows.values() for r in case.values())
+    assert rows["block-layout-update"]["ours"]["median_ms"] > 0
 
 
 def test_sizes_and_usage_errors(capsys):

@@ -2,7 +2,7 @@
 
 Modules: :mod:`.engine` (registries of families, cases and providers; correctness check, timing,
 tables, JSON/CSV/PNG, comparison), :mod:`.optim` (HAM-AdamW, HAM-SGD, HORST, the mirror op),
-:mod:`.matmul` (block-sparse linear: torch baselines until our kernels land), :mod:`.cli`.
+:mod:`.matmul` (block-sparse linear layers against dense and torch BSR), :mod:`.cli`.
 
 Hooks for kernels that land later (masked Adam, SparseOpt, block-sparse matmuls): a module that
 calls :func:`register_case` / :func:`register_provider` (use :func:`ours_providers` for the

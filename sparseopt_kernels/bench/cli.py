@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("optim", parents=[common],
                    help="optimizer steps: HAM-AdamW, HAM-SGD, HORST, the mirror op")
     sub.add_parser("matmul", parents=[common],
-                   help="block-sparse matmuls (torch baselines until our kernels land)")
+                   help="block-sparse linear layers: forward, forward+backward, layout updates")
     sub.add_parser("all", parents=[common], help="every family")
     return parser
 
