@@ -374,40 +374,33 @@ def test_block_rigl_sums_accumulated_gradients_and_needs_a_backward():
 
 
 def test_block_set_is_seeded_and_round_trips():
-    def run(state=None):
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
+
+    def make():
         torch.manual_seed(0)
         layer = BlockSparseLinear(64, 64, block_size=16, density=0.5)
         opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
-        sched = BlockSET(layer, opt, delta_t=2, drop_fraction=0.5, stop_step=10, seed=7)
-        x = torch.randn(8, 64)
+        return layer, opt, BlockSET(layer, opt, delta_t=2, drop_fraction=0.5, stop_step=10,
+                                    seed=7)
+
+    def run(layer, opt, sched, steps):
         history = []
-        for t in range(8):
+        for _ in steps:
             _train_step(layer, opt, x)
             sched.step()
             history.append(layer.block_ids.tolist())
-            if t == 3 and state is None:
-                saved = (copy.deepcopy(layer.state_dict()), copy.deepcopy(opt.state_dict()),
-                         copy.deepcopy(sched.state_dict()))
-        return history, saved if state is None else None
+        return history
 
-    history, saved = run()
-    assert history == run()[0]
+    layer, opt, sched = make()
+    history = run(layer, opt, sched, range(4))
+    saved = [copy.deepcopy(obj.state_dict()) for obj in (layer, opt, sched)]
+    history += run(layer, opt, sched, range(4, 8))
+    assert history == run(*make(), range(8))
     assert len({tuple(h) for h in history}) > 1 and all(len(h) == 8 for h in history)
-    torch.manual_seed(0)
-    layer = BlockSparseLinear(64, 64, block_size=16, density=0.5)
-    opt = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9)
-    sched = BlockSET(layer, opt, delta_t=2, drop_fraction=0.5, stop_step=10, seed=7)
-    layer.load_state_dict(saved[0])
-    opt.load_state_dict(saved[1])
-    sched.load_state_dict(saved[2])
-    x = torch.randn(8, 64)
-    torch.manual_seed(0)
-    BlockSparseLinear(64, 64, block_size=16, density=0.5)
-    x = torch.randn(8, 64)
-    for t in range(4, 8):
-        _train_step(layer, opt, x)
-        sched.step()
-        assert layer.block_ids.tolist() == history[t]
+    resumed = make()
+    for obj, state in zip(resumed, saved):
+        obj.load_state_dict(state)
+    assert run(*resumed, range(4, 8)) == history[4:]
 
 
 def test_block_schedulers_find_layers_in_a_model():

@@ -93,9 +93,7 @@ def make_inputs(size: Size, device: str, dtype: torch.dtype, seed: int,
     gen = torch.Generator().manual_seed(seed)
     R, C = N // block, K // block
     ids = torch.randperm(R * C, generator=gen)[:num_blocks(R * C, size.get("density"))]
-    layer = BlockSparseLinear.__new__(BlockSparseLinear)
-    torch.nn.Module.__init__(layer)
-    layer._init(K, N, block, ids, False, device, dtype)
+    layer = BlockSparseLinear.with_blocks(K, N, ids, False, block, device, dtype)
     with torch.no_grad():
         layer.values.copy_(torch.randn(layer.values.shape, generator=gen) / K ** 0.5)
     x = torch.randn(M, K, generator=gen).to(device=device, dtype=dtype)

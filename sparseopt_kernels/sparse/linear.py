@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .. import _checks
 from ..reference.block_sparse import dense_weight
-from .layout import INDEX_NAMES, BlockLayout, build_indices, check_shape, num_blocks
+from .layout import INDEX_NAMES, BlockLayout, check_shape, num_blocks
 
 
 def _allow_tf32(t: Tensor) -> bool:
@@ -105,20 +105,31 @@ class BlockSparseLinear(nn.Module):
         R, C = check_shape(out_features, in_features, block_size)
         ids = torch.randperm(R * C)[:num_blocks(R * C, density)]
         self._init(in_features, out_features, block_size, ids, bias, device, dtype)
-        self.reset_parameters()
+
+    @classmethod
+    def with_blocks(cls, in_features: int, out_features: int, block_ids: Tensor,
+                    bias: bool = True, block_size: int = 64, device=None,
+                    dtype=None) -> "BlockSparseLinear":
+        """The layer keeping exactly the blocks with flat ids ``block_ids`` (``r·block_cols + c``,
+        unique), initialized like the constructor."""
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer._init(in_features, out_features, block_size, block_ids, bias, device, dtype)
+        return layer
 
     def _init(self, in_features, out_features, block_size, block_ids, bias, device, dtype):
         factory = {"device": device, "dtype": dtype}
+        layout = BlockLayout(out_features, in_features, block_size,
+                             block_ids.to(device=device, dtype=torch.int64))
         self.in_features, self.out_features, self.block_size = (in_features, out_features,
                                                                  block_size)
-        self.block_rows, self.block_cols = out_features // block_size, in_features // block_size
-        for name, t in build_indices(block_ids.to(device=device, dtype=torch.int64),
-                                     self.block_rows, self.block_cols).items():
+        self.block_rows, self.block_cols = layout.n_block_rows, layout.n_block_cols
+        for name, t in layout.indices.items():
             self.register_buffer(name, t)
-        self.values = nn.Parameter(torch.empty(block_ids.numel(), block_size, block_size,
-                                               **factory))
+        self.values = nn.Parameter(torch.empty(layout.nnz, block_size, block_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.grad_sink = DenseGradSink()
+        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         bound = 1 / math.sqrt(self.in_features)
@@ -140,10 +151,8 @@ class BlockSparseLinear(nn.Module):
         b = block_size
         norms = weight.float().view(R, b, C, b).pow(2).sum((1, 3)).view(-1)
         ids = torch.topk(norms, num_blocks(R * C, density)).indices
-        layer = cls.__new__(cls)
-        nn.Module.__init__(layer)
-        layer._init(linear.in_features, linear.out_features, b, ids.cpu(),
-                    linear.bias is not None, weight.device, weight.dtype)
+        layer = cls.with_blocks(linear.in_features, linear.out_features, ids,
+                                linear.bias is not None, b, weight.device, weight.dtype)
         with torch.no_grad():
             blocks = weight.view(R, b, C, b).permute(0, 2, 1, 3)
             layer.values.copy_(blocks[layer.row_indices.long(), layer.col_indices.long()])
