@@ -217,6 +217,32 @@ int64_t blocks_in(const at::Tensor& t, int64_t b, const char* name) {
   return t.size(1) / b;
 }
 
+// dds: checks the arguments, returns the block-columns C of x.
+int64_t check_dds_args(const at::Tensor& x, const at::Tensor& values,
+                       const at::Tensor& row_offsets, const at::Tensor& col_indices) {
+  const int64_t b = block_of(values), nnz = values.size(0);
+  check_dense(x, "x", values);
+  check_index(row_offsets, "row_offsets", values.device());
+  check_index(col_indices, "col_indices", values.device(), nnz);
+  TORCH_CHECK(row_offsets.numel() >= 2, "sparseopt: row_offsets needs block-rows + 1 >= 2 "
+              "entries");
+  return blocks_in(x, b, "x");
+}
+
+// dsd: checks the arguments, returns the block-rows R of dy.
+int64_t check_dsd_args(const at::Tensor& dy, const at::Tensor& values,
+                       const at::Tensor& col_offsets, const at::Tensor& t_row_indices,
+                       const at::Tensor& t_block_ids) {
+  const int64_t b = block_of(values), nnz = values.size(0);
+  check_dense(dy, "dy", values);
+  check_index(col_offsets, "col_offsets", values.device());
+  check_index(t_row_indices, "t_row_indices", values.device(), nnz);
+  check_index(t_block_ids, "t_block_ids", values.device(), nnz);
+  TORCH_CHECK(col_offsets.numel() >= 2, "sparseopt: col_offsets needs block-columns + 1 >= 2 "
+              "entries");
+  return blocks_in(dy, b, "dy");
+}
+
 // CPU range checks (contiguous int32 CPU tensors). Offsets: n + 1 entries from 0 to nnz,
 // non-decreasing. Indices: every entry in [0, limit).
 void check_offsets_cpu(const at::Tensor& offsets, int64_t nnz, const char* name) {
@@ -268,13 +294,8 @@ at::Tensor to_input_dtype(const at::Tensor& out, at::ScalarType dtype) {
 at::Tensor dds_cpu(const at::Tensor& x_, const at::Tensor& values_,
                    const at::Tensor& row_offsets_, const at::Tensor& col_indices_) {
   TORCH_CHECK(values_.device().is_cpu(), "sparseopt: dds_cpu needs CPU tensors");
-  const int64_t b = block_of(values_), nnz = values_.size(0);
-  check_dense(x_, "x", values_);
-  const int64_t C = blocks_in(x_, b, "x");
-  check_index(row_offsets_, "row_offsets", values_.device());
-  check_index(col_indices_, "col_indices", values_.device(), nnz);
-  TORCH_CHECK(row_offsets_.numel() >= 2, "sparseopt: row_offsets needs block-rows + 1 >= 2 "
-              "entries");
+  const int64_t C = check_dds_args(x_, values_, row_offsets_, col_indices_);
+  const int64_t b = values_.size(1), nnz = values_.size(0);
   const at::Tensor row_offsets = row_offsets_.contiguous(), col_indices = col_indices_.contiguous();
   check_offsets_cpu(row_offsets, nnz, "row_offsets");
   check_range_cpu(col_indices, C, "col_indices", "the block-columns of x");
@@ -296,14 +317,8 @@ at::Tensor dsd_cpu(const at::Tensor& dy_, const at::Tensor& values_,
                    const at::Tensor& col_offsets_, const at::Tensor& t_row_indices_,
                    const at::Tensor& t_block_ids_) {
   TORCH_CHECK(values_.device().is_cpu(), "sparseopt: dsd_cpu needs CPU tensors");
-  const int64_t b = block_of(values_), nnz = values_.size(0);
-  check_dense(dy_, "dy", values_);
-  const int64_t R = blocks_in(dy_, b, "dy");
-  check_index(col_offsets_, "col_offsets", values_.device());
-  check_index(t_row_indices_, "t_row_indices", values_.device(), nnz);
-  check_index(t_block_ids_, "t_block_ids", values_.device(), nnz);
-  TORCH_CHECK(col_offsets_.numel() >= 2, "sparseopt: col_offsets needs block-columns + 1 >= 2 "
-              "entries");
+  const int64_t R = check_dsd_args(dy_, values_, col_offsets_, t_row_indices_, t_block_ids_);
+  const int64_t b = values_.size(1), nnz = values_.size(0);
   const at::Tensor col_offsets = col_offsets_.contiguous(),
                    t_row_indices = t_row_indices_.contiguous(),
                    t_block_ids = t_block_ids_.contiguous();
@@ -383,13 +398,8 @@ at::Tensor dds_cuda(const at::Tensor& x_, const at::Tensor& values_,
                     bool allow_tf32) {
   check_cuda_args(values_, "dds_cuda");
   const c10::cuda::CUDAGuard guard(values_.device());
-  const int64_t b = block_of(values_), nnz = values_.size(0);
-  check_dense(x_, "x", values_);
-  const int64_t C = blocks_in(x_, b, "x");
-  check_index(row_offsets_, "row_offsets", values_.device());
-  check_index(col_indices_, "col_indices", values_.device(), nnz);
-  TORCH_CHECK(row_offsets_.numel() >= 2, "sparseopt: row_offsets needs block-rows + 1 >= 2 "
-              "entries");
+  const int64_t C = check_dds_args(x_, values_, row_offsets_, col_indices_);
+  const int64_t b = values_.size(1), nnz = values_.size(0);
   const at::Tensor x = contiguous_aligned(x_), values = contiguous_aligned(values_),
                    row_offsets = row_offsets_.contiguous(),
                    col_indices = col_indices_.contiguous();
@@ -407,14 +417,8 @@ at::Tensor dsd_cuda(const at::Tensor& dy_, const at::Tensor& values_,
                     const at::Tensor& t_block_ids_, bool allow_tf32) {
   check_cuda_args(values_, "dsd_cuda");
   const c10::cuda::CUDAGuard guard(values_.device());
-  const int64_t b = block_of(values_), nnz = values_.size(0);
-  check_dense(dy_, "dy", values_);
-  const int64_t R = blocks_in(dy_, b, "dy");
-  check_index(col_offsets_, "col_offsets", values_.device());
-  check_index(t_row_indices_, "t_row_indices", values_.device(), nnz);
-  check_index(t_block_ids_, "t_block_ids", values_.device(), nnz);
-  TORCH_CHECK(col_offsets_.numel() >= 2, "sparseopt: col_offsets needs block-columns + 1 >= 2 "
-              "entries");
+  const int64_t R = check_dsd_args(dy_, values_, col_offsets_, t_row_indices_, t_block_ids_);
+  const int64_t b = values_.size(1), nnz = values_.size(0);
   const at::Tensor dy = contiguous_aligned(dy_), values = contiguous_aligned(values_),
                    col_offsets = col_offsets_.contiguous(),
                    t_row_indices = t_row_indices_.contiguous(),
