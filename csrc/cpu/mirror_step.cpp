@@ -42,11 +42,9 @@
 // Dense masks (Masks, MaskKind::Bool or Bits): where the mask is 0 the param and every state
 // buffer keep their bits. The bodies take a MASKED template flag; masked, each store becomes a
 // bit select of the new and the old storage value (store_m), so the loop stays one vector loop,
-// and MaskKind::None instantiates exactly the unmasked code. Bit-packed masks are expanded to a
-// byte per element a 2048-element block at a time (for_mask_blocks). Measured, 10 × 2e6 fp32
-// AdamW (wd 0.01), 2 threads, best of 7 rounds on the shared machine: torch fused AdamW 8.9 ms;
-// ours unmasked 8.9, Bool mask 9.55 (1.08×), Bits 9.46 (1.07×); HAM-AdamW (exp, clamp 5) 9.2,
-// Bool 9.6 (1.08×), Bits 10.0 (1.13×).
+// and MaskKind::None instantiates exactly the unmasked code. Both mask kinds are expanded to a
+// 32-bit lane mask per element a 2048-element block at a time (for_mask_blocks, with the
+// measurements).
 //
 // Row scales (RowScales, SGD and Adam; SparseOpt's BN-skew correction): g̃ = c[row]·g replaces g
 // everywhere. The body's AMP factor becomes inv_scale·c per row run, see for_row_segments (with
@@ -69,6 +67,10 @@
 #include <vector>
 
 #include "fast_exp.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 // sqrt without errno. std::sqrt is __builtin_sqrt, which GCC treats as writing errno unless the
 // whole compilation has -fno-math-errno (the optimize pragma above does not reach builtins):
@@ -219,16 +221,25 @@ template <class T>
 using RawT = typename std::conditional<
     sizeof(T) == 8, uint64_t, typename std::conditional<sizeof(T) == 4, uint32_t, uint16_t>::type>::type;
 
+// Masks reach the bodies as one 32-bit word per element: all ones where the element is updated,
+// zero where it keeps its bits (for_mask_blocks expands bool and bit-packed masks into it). A
+// word as wide as a float32 lane is what lets the select be one vpternlogd (vpand/vpandn/vpor on
+// AVX2) per stored stream with no widening: with a byte per element GCC widened every 64 mask
+// bytes through ~20 shuffles and spilled registers (measured below, in for_mask_blocks).
+using LaneMask = uint32_t;
+constexpr LaneMask kAllOn = ~LaneMask(0);
+
 // `on ? a : b` on the bits (exact for NaN payloads and signed zeros). Only locals go through
 // memcpy: a memcpy on the tensor memory itself is a char-typed access that defeats __restrict__,
 // and GCC then gives up on the alias checks and does not vectorize the loop at all.
 template <class T>
-SPARSEOPT_AI T keep_sel(uint8_t on, T a, T b) {
+SPARSEOPT_AI T keep_sel(LaneMask on, T a, T b) {
   using U = RawT<T>;
   U ua, ub;
   std::memcpy(&ua, &a, sizeof ua);
   std::memcpy(&ub, &b, sizeof ub);
-  const U m = static_cast<U>(U(0) - static_cast<U>(on != 0));
+  // 0 or all ones at U's width: sign-extended for 64-bit storage, truncated for 16-bit.
+  const U m = static_cast<U>(static_cast<int64_t>(static_cast<int32_t>(on)));
   const U r = static_cast<U>((ua & m) | (ub & static_cast<U>(~m)));
   T out;
   std::memcpy(&out, &r, sizeof out);
@@ -236,7 +247,7 @@ SPARSEOPT_AI T keep_sel(uint8_t on, T a, T b) {
 }
 
 template <bool MASKED, class T, class C>
-SPARSEOPT_AI void store_m(T* dst, C x, uint8_t on) {
+SPARSEOPT_AI void store_m(T* dst, C x, LaneMask on) {
   if constexpr (!MASKED) {
     (void)on;
     store(dst, x);
@@ -278,9 +289,9 @@ struct MirrorOnlyK {
 
 template <class P, class S, class C, bool MOM, MirrorKind MK, bool MASKED>
 SPARSEOPT_AI void sgd_body(const SgdK<C> k, P* __restrict__ p, const P* __restrict__ g,
-                           S* __restrict__ buf, const uint8_t* __restrict__ on, int64_t n) {
+                           S* __restrict__ buf, const LaneMask* __restrict__ on, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const uint8_t o = MASKED ? on[i] : uint8_t(1);
+    const LaneMask o = MASKED ? on[i] : kAllOn;
     const C theta = static_cast<C>(widen(p[i]));
     const C gr = unscale(static_cast<C>(widen(g[i])), k.inv_scale, k.maximize);
     const C gb = sel(k.wd_on, gr + k.wd * theta, gr);
@@ -299,9 +310,9 @@ SPARSEOPT_AI void sgd_body(const SgdK<C> k, P* __restrict__ p, const P* __restri
 template <class P, class S, class C, bool AMS, MirrorKind MK, bool MASKED>
 SPARSEOPT_AI void adam_body(const AdamK<C> k, P* __restrict__ p, const P* __restrict__ g,
                             S* __restrict__ m_, S* __restrict__ v_, S* __restrict__ vmax_,
-                            const uint8_t* __restrict__ on, int64_t n) {
+                            const LaneMask* __restrict__ on, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const uint8_t o = MASKED ? on[i] : uint8_t(1);
+    const LaneMask o = MASKED ? on[i] : kAllOn;
     C theta = static_cast<C>(widen(p[i]));
     const C gr = unscale(static_cast<C>(widen(g[i])), k.inv_scale, k.maximize);
     const C gb = sel(k.coupled, gr + k.wd * theta, gr);
@@ -328,9 +339,9 @@ SPARSEOPT_AI void adam_body(const AdamK<C> k, P* __restrict__ p, const P* __rest
 
 template <class P, class C, MirrorKind MK, bool MASKED>
 SPARSEOPT_AI void mirror_body(const MirrorOnlyK<C> k, P* __restrict__ p, const P* __restrict__ g,
-                              const uint8_t* __restrict__ on, int64_t n) {
+                              const LaneMask* __restrict__ on, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    const uint8_t o = MASKED ? on[i] : uint8_t(1);
+    const LaneMask o = MASKED ? on[i] : kAllOn;
     const C theta = static_cast<C>(widen(p[i]));
     const C gr = unscale(static_cast<C>(widen(g[i])), k.inv_scale, k.maximize);
     store_m<MASKED>(&p[i], mirror_apply<MK>(k.m, theta, gr), o);
@@ -381,17 +392,17 @@ SPARSEOPT_AI void fill_body(C* __restrict__ gs, const C* __restrict__ g,
 // the target-attributed wrapper before vectorizing, so the loop is vectorized for that ISA.
 #define SPARSEOPT_ISA_WRAPPERS(SUFFIX, ATTR)                                                   \
   template <class P, class S, class C, bool MOM, MirrorKind MK, bool MASKED>                   \
-  ATTR void sgd_##SUFFIX(const SgdK<C>& k, P* p, const P* g, S* buf, const uint8_t* on,        \
+  ATTR void sgd_##SUFFIX(const SgdK<C>& k, P* p, const P* g, S* buf, const LaneMask* on,        \
                          int64_t n) {                                                          \
     sgd_body<P, S, C, MOM, MK, MASKED>(k, p, g, buf, on, n);                                   \
   }                                                                                            \
   template <class P, class S, class C, bool AMS, MirrorKind MK, bool MASKED>                   \
   ATTR void adam_##SUFFIX(const AdamK<C>& k, P* p, const P* g, S* m, S* v, S* vmax,           \
-                          const uint8_t* on, int64_t n) {                                      \
+                          const LaneMask* on, int64_t n) {                                      \
     adam_body<P, S, C, AMS, MK, MASKED>(k, p, g, m, v, vmax, on, n);                           \
   }                                                                                            \
   template <class P, class C, MirrorKind MK, bool MASKED>                                      \
-  ATTR void mirror_##SUFFIX(const MirrorOnlyK<C>& k, P* p, const P* g, const uint8_t* on,      \
+  ATTR void mirror_##SUFFIX(const MirrorOnlyK<C>& k, P* p, const P* g, const LaneMask* on,      \
                             int64_t n) {                                                       \
     mirror_body<P, C, MK, MASKED>(k, p, g, on, n);                                             \
   }                                                                                            \
@@ -409,11 +420,11 @@ SPARSEOPT_ISA_WRAPPERS(generic, )
 #undef SPARSEOPT_ISA_WRAPPERS
 
 template <class P, class S, class C>
-using SgdFn = void (*)(const SgdK<C>&, P*, const P*, S*, const uint8_t*, int64_t);
+using SgdFn = void (*)(const SgdK<C>&, P*, const P*, S*, const LaneMask*, int64_t);
 template <class P, class S, class C>
-using AdamFn = void (*)(const AdamK<C>&, P*, const P*, S*, S*, S*, const uint8_t*, int64_t);
+using AdamFn = void (*)(const AdamK<C>&, P*, const P*, S*, S*, S*, const LaneMask*, int64_t);
 template <class P, class C>
-using MirrorFn = void (*)(const MirrorOnlyK<C>&, P*, const P*, const uint8_t*, int64_t);
+using MirrorFn = void (*)(const MirrorOnlyK<C>&, P*, const P*, const LaneMask*, int64_t);
 
 // libm-bound variants (float64, hypentropy) exist for the generic ISA only.
 template <class C, MirrorKind MK>
@@ -445,6 +456,81 @@ FillFn<C> fill_fn(Isa isa) {
   if (isa == Isa::Avx512) return &fill_avx512<C>;
   if (isa == Isa::Avx2) return &fill_avx2<C>;
   return &fill_generic<C>;
+}
+
+// Lane masks of the elements [0, n) of a block from its bit-packed (element e = bit e % 8 of
+// byte e / 8) or bool mask. Written with intrinsics: GCC's vectorization of the scalar loops
+// (per-byte shifts, or a byte-to-word compare) took ~100 instructions per 64 elements and cost
+// as much as the rest of the masked step's overhead (see for_mask_blocks); a 16-bit mask word
+// is one AVX-512 mask register (kmov + vpmovm2d per 16 elements).
+void expand_bits_generic(const uint8_t* bits, LaneMask* on, int64_t n) {
+  for (int64_t e = 0; e < n; ++e)
+    on[e] = LaneMask(0) - ((static_cast<LaneMask>(bits[e >> 3]) >> (e & 7)) & 1u);
+}
+
+void expand_bools_generic(const uint8_t* b, LaneMask* on, int64_t n) {
+  for (int64_t e = 0; e < n; ++e) on[e] = LaneMask(0) - static_cast<LaneMask>(b[e] != 0);
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+void expand_bits_avx512(const uint8_t* bits, LaneMask* on, int64_t n) {
+  int64_t e = 0;
+  for (; e + 16 <= n; e += 16) {
+    uint16_t w;
+    std::memcpy(&w, bits + e / 8, 2);
+    _mm512_storeu_si512(on + e, _mm512_movm_epi32(static_cast<__mmask16>(w)));
+  }
+  expand_bits_generic(bits + e / 8, on + e, n - e);  // e is a multiple of 8
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+void expand_bools_avx512(const uint8_t* b, LaneMask* on, int64_t n) {
+  int64_t e = 0;
+  for (; e + 16 <= n; e += 16) {
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + e));
+    _mm512_storeu_si512(on + e, _mm512_movm_epi32(_mm_test_epi8_mask(x, x)));
+  }
+  expand_bools_generic(b + e, on + e, n - e);
+}
+
+__attribute__((target("avx2"))) void expand_bits_avx2(const uint8_t* bits, LaneMask* on,
+                                                      int64_t n) {
+  const __m256i lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  int64_t e = 0;
+  for (; e + 8 <= n; e += 8) {
+    const __m256i x = _mm256_and_si256(_mm256_set1_epi32(bits[e / 8]), lane_bit);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(on + e), _mm256_cmpeq_epi32(x, lane_bit));
+  }
+  expand_bits_generic(bits + e / 8, on + e, n - e);
+}
+
+__attribute__((target("avx2"))) void expand_bools_avx2(const uint8_t* b, LaneMask* on,
+                                                       int64_t n) {
+  const __m256i zero = _mm256_setzero_si256();
+  int64_t e = 0;
+  for (; e + 8 <= n; e += 8) {
+    int64_t w;
+    std::memcpy(&w, b + e, 8);
+    const __m256i x = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(w));
+    const __m256i off = _mm256_cmpeq_epi32(x, zero);  // all ones where the byte is 0
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(on + e), _mm256_xor_si256(off, _mm256_cmpeq_epi32(zero, zero)));
+  }
+  expand_bools_generic(b + e, on + e, n - e);
+}
+#endif
+
+using ExpandFn = void (*)(const uint8_t*, LaneMask*, int64_t);
+
+ExpandFn expand_fn(MaskKind kind, Isa isa) {
+  const bool bits = kind == MaskKind::Bits;
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::Avx512) return bits ? &expand_bits_avx512 : &expand_bools_avx512;
+  if (isa == Isa::Avx2) return bits ? &expand_bits_avx2 : &expand_bools_avx2;
+#else
+  (void)isa;
+#endif
+  return bits ? &expand_bits_generic : &expand_bools_generic;
 }
 
 template <class P, class C, MirrorKind MK, bool MASKED>
@@ -550,43 +636,41 @@ const T* at(const void* const* ptrs, const Item& it) {
   return static_cast<const T*>(ptrs[it.tensor]) + it.begin;
 }
 
-// Bit-packed masks are expanded into a byte per element, a block at a time, and the masked body
-// runs on the bytes: the body's per-element mask read stays a contiguous (vectorizable) byte
-// load, which `bits[i >> 3] >> (i & 7)` is not. The expansion is a 256-entry table, one 8-byte
-// load and store per 8 elements; a 2048-element block is 2 KB of stack, L1-resident, and long
-// enough that the body's call and prologue cost nothing. Item boundaries are multiples of kChunk
-// (and blocks of kMaskBlock), both multiples of 8, so a mask byte never straddles two items.
+// Both mask kinds are expanded into lane masks (LaneMask, one word per element) a block at a
+// time, and the masked body runs on the words: its per-element mask read stays a contiguous
+// vector load of the lane width, which `bits[i >> 3] >> (i & 7)` or a byte per element is not.
+// Bits go through a 256-entry table of 8 words (8 KB), one 32-byte copy per 8 elements; bools
+// through a byte-to-word loop GCC vectorizes. A 2048-element block is 8 KB of stack,
+// L1-resident, and long enough that the body's call and prologue cost nothing. Item boundaries
+// are multiples of kChunk (and blocks of kMaskBlock), both multiples of 8, so a mask byte never
+// straddles two items.
+// Measured with a C++ harness (AdamW wd 0.01, half of each tensor masked, AVX-512, the shared
+// 2-core machine, medians of 9 rounds of 3-5 steps), masked step time / unmasked step time:
+//                                     byte masks, table expansion    lane masks, intrinsics
+//   1 × 32768 fp32, 1 thread (L2)       Bits 1.47-1.49  Bool 1.26-1.27   Bits 1.27-1.35  Bool 1.27-1.30
+//   10 × 2e6 fp32, 1 thread (DRAM)      Bits 1.44-1.55  Bool 1.25-1.40   Bits 1.11-1.15  Bool 1.21-1.24
+//   10 × 2e6 fp32, 2 threads (DRAM)     Bits 1.05-1.24  Bool 1.09-1.13   Bits 1.02-1.08  Bool 1.05-1.12
+// (two threads saturate DRAM, so the masked step's extra work mostly hides there; the
+// single-thread rows show it). The 32-byte table copy per mask byte was the bits' cost; the
+// bool masks' remaining cost is reading their byte per element (20 MB here).
 constexpr int64_t kMaskBlock = 2048;
 static_assert(kChunk % 8 == 0 && kMaskBlock % 8 == 0 && kChunk % kMaskBlock == 0,
               "mask bytes must not straddle work items");
 
-struct BitLut {
-  uint64_t v[256];
-  constexpr BitLut() : v() {
-    for (int b = 0; b < 256; ++b) {
-      uint64_t x = 0;
-      for (int j = 0; j < 8; ++j) x |= static_cast<uint64_t>((b >> j) & 1) << (8 * j);  // little-endian bytes
-      v[b] = x;
-    }
-  }
-};
-constexpr BitLut kBitLut{};
-
-// Runs f(on, offset, length) over the item: on = nullptr without a mask, the item's mask bytes
-// (Bool) or blocks of bytes expanded from the bits (Bits); offset is relative to it.begin.
+// Runs f(on, offset, length) over the item: on = nullptr without a mask, else lane masks of the
+// block of elements [offset, offset + length) (offsets relative to it.begin).
 template <class F>
 void for_mask_blocks(const Masks& masks, const Item& it, F&& f) {
   const int64_t n = it.end - it.begin;
-  if (masks.kind == MaskKind::None) return f(static_cast<const uint8_t*>(nullptr), int64_t(0), n);
+  if (masks.kind == MaskKind::None) return f(static_cast<const LaneMask*>(nullptr), int64_t(0), n);
   const uint8_t* m = static_cast<const uint8_t*>(masks.data[it.tensor]);
-  if (masks.kind == MaskKind::Bool) return f(m + it.begin, int64_t(0), n);
-  alignas(64) uint8_t on[kMaskBlock];
+  const bool bits = masks.kind == MaskKind::Bits;
+  const ExpandFn expand = expand_fn(masks.kind, current_isa());
+  alignas(64) LaneMask on[kMaskBlock];
   for (int64_t off = 0; off < n; off += kMaskBlock) {
     const int64_t len = n - off < kMaskBlock ? n - off : kMaskBlock;
-    const uint8_t* bits = m + (it.begin + off) / 8;
-    const int64_t nbytes = (len + 7) / 8;  // the tensor's last byte may be partly padding
-    for (int64_t b = 0; b < nbytes; ++b) std::memcpy(on + 8 * b, &kBitLut.v[bits[b]], 8);
-    f(static_cast<const uint8_t*>(on), off, len);
+    expand(bits ? m + (it.begin + off) / 8 : m + it.begin + off, on, len);
+    f(static_cast<const LaneMask*>(on), off, len);
   }
 }
 
@@ -624,7 +708,7 @@ void check_masks(const Masks& masks) {
 // 1 +38% (the fill pass reads g on its own, then the body runs on the buffer).
 constexpr int64_t kShortRow = 64;
 // Body calls whose length is a multiple of kVec leave no scalar epilogue on any ISA: the widest
-// vector loop (AVX-512 with a byte mask) handles 64 elements per iteration.
+// vector loop handles at most 64 elements per iteration.
 constexpr int64_t kVec = 64;
 static_assert(kShortRow >= kVec, "a kVec window must cross at most one row boundary");
 static_assert(kMaskBlock % kVec == 0, "mask blocks must be whole windows");
@@ -765,7 +849,7 @@ void ham_sgd_cpu(const SgdConfig& cfg, double inv_grad_scale, ScalarType param_t
                           : sgd_fn<P, S, C, false, MK, false>(isa));
         if (!row_scales.enabled()) {
           run_items(n_tensors, numels, [&](const Item& it) {
-            for_mask_blocks(masks, it, [&](const uint8_t* on, int64_t off, int64_t len) {
+            for_mask_blocks(masks, it, [&](const LaneMask* on, int64_t off, int64_t len) {
               fn(k, at<P>(params, it) + off, at<P>(grads, it) + off,
                  mom ? at<S>(momentum_buffers, it) + off : nullptr, on, len);
             });
@@ -774,7 +858,7 @@ void ham_sgd_cpu(const SgdConfig& cfg, double inv_grad_scale, ScalarType param_t
         }
         const FillFn<C> fill = fill_fn<C>(isa);
         run_items(n_tensors, numels, [&](const Item& it) {
-          for_mask_blocks(masks, it, [&](const uint8_t* on, int64_t off, int64_t len) {
+          for_mask_blocks(masks, it, [&](const LaneMask* on, int64_t off, int64_t len) {
             for_row_segments<C>(row_scales, k, it, at<P>(grads, it), off, len, fill,
                                 [&](const SgdK<C>& kr, const P* g, int64_t o, int64_t n) {
                                   fn(kr, at<P>(params, it) + o, g,
@@ -834,7 +918,7 @@ void ham_adam_cpu(const AdamConfig& cfg, double inv_grad_scale, ScalarType param
                                 : adam_fn<P, S, C, false, MK, false>(isa));
       if (!row_scales.enabled()) {
         run_items(n_tensors, numels, [&](const Item& it) {
-          for_mask_blocks(masks, it, [&](const uint8_t* on, int64_t off, int64_t len) {
+          for_mask_blocks(masks, it, [&](const LaneMask* on, int64_t off, int64_t len) {
             fn(ks[it.tensor], at<P>(params, it) + off, at<P>(grads, it) + off,
                at<S>(exp_avgs, it) + off, at<S>(exp_avg_sqs, it) + off,
                cfg.amsgrad ? at<S>(max_exp_avg_sqs, it) + off : nullptr, on, len);
@@ -844,7 +928,7 @@ void ham_adam_cpu(const AdamConfig& cfg, double inv_grad_scale, ScalarType param
       }
       const FillFn<C> fill = fill_fn<C>(isa);
       run_items(n_tensors, numels, [&](const Item& it) {
-        for_mask_blocks(masks, it, [&](const uint8_t* on, int64_t off, int64_t len) {
+        for_mask_blocks(masks, it, [&](const LaneMask* on, int64_t off, int64_t len) {
           for_row_segments<C>(row_scales, ks[it.tensor], it, at<P>(grads, it), off, len, fill,
                               [&](const AdamK<C>& kr, const P* g, int64_t o, int64_t n) {
                                 fn(kr, at<P>(params, it) + o, g, at<S>(exp_avgs, it) + o,
@@ -880,7 +964,7 @@ void mirror_step_cpu(const MirrorStepConfig& cfg, double inv_grad_scale, ScalarT
         const MirrorFn<P, C> fn =
             masked ? mirror_fn<P, C, MK, true>(isa) : mirror_fn<P, C, MK, false>(isa);
         run_items(n_tensors, numels, [&](const Item& it) {
-          for_mask_blocks(masks, it, [&](const uint8_t* on, int64_t off, int64_t len) {
+          for_mask_blocks(masks, it, [&](const LaneMask* on, int64_t off, int64_t len) {
             fn(k, at<P>(params, it) + off, at<P>(grads, it) + off, on, len);
           });
         });
