@@ -189,3 +189,36 @@ def test_module_entry_point_lists_cases():
     assert out.returncode == 0, out.stderr
     for name in ("ham-adamw", "ham-sgd", "horst", "mirror", "block-sparse-linear"):
         assert f"case {name}" in out.stdout
+
+
+def test_interleaved_cpu_timing_alternates_and_reports_a_raising_provider():
+    import time
+    order, flaky_calls = [], [0]
+
+    def fast():
+        order.append("fast")
+        time.sleep(0.001)
+
+    def slow():
+        order.append("slow")
+        time.sleep(0.003)
+
+    def flaky():  # fails on its third call: warm-up and one timed block pass
+        flaky_calls[0] += 1
+        if flaky_calls[0] >= 3:
+            raise RuntimeError("boom")
+
+    timed = engine.time_cpu_interleaved(dict(fast=fast, slow=slow, flaky=flaky),
+                                        min_run_time=0.02, block_s=1e-4, min_rounds=5)
+    assert isinstance(timed["flaky"], RuntimeError)
+    fast_ms, slow_ms = timed["fast"][0], timed["slow"][0]
+    assert 1.0 <= fast_ms < slow_ms and slow_ms >= 3.0
+    for name in ("fast", "slow"):
+        median, p20, p80 = timed[name]
+        assert p20 <= median <= p80
+    # alternation: after the calibration calls, the two providers take turns block by block
+    # (each block: an untimed call, then the timed ones)
+    import itertools
+    blocks = [name for name, _ in itertools.groupby(order[2:])]
+    assert blocks[:4] == ["fast", "slow", "fast", "slow"]
+    assert blocks.count("fast") >= 5 and blocks.count("slow") >= 5

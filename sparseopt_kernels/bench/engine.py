@@ -14,7 +14,9 @@ Vocabulary:
 
 Per (case, size, provider): the provider first runs once on a small copy of the inputs and is
 compared with the float64 expected result (a mismatch is a FAIL: no timing, no speed-up); then it
-is built on the full-size inputs, warmed up and timed. Times are in milliseconds per call.
+is built on the full-size inputs, warmed up and timed. Times are in milliseconds per call. On the
+CPU the providers of one (case, size) are timed in alternation (:func:`time_cpu_interleaved`), so
+the speed-ups compare them under the same machine conditions.
 """
 from __future__ import annotations
 
@@ -397,6 +399,57 @@ def time_cpu(fn: Callable[[], Any], min_run_time: float) -> Tuple[float, float, 
     return m.median * 1e3, p20, p80
 
 
+def time_cpu_interleaved(fns: Dict[str, Callable[[], Any]], min_run_time: float,
+                         block_s: float = 2e-3, min_rounds: int = 5
+                         ) -> Dict[str, Tuple[float, float, float]]:
+    """(median, p20, p80) in ms per call of every ``fns[name]()``, timed in alternation.
+
+    Each round times one block of calls (≥ ``block_s`` seconds, after one untimed call) of every
+    function in turn, for
+    ``min_run_time`` seconds per function in total and at least ``min_rounds`` rounds. The
+    shared 2-core development machine drifts by up to 1.5× over a minute (other tenants, memory
+    speed): timed one after the other, two providers could land in different regimes and their
+    ratio moved between 1.65× and 2.1× from run to run; alternating blocks expose both to the
+    same conditions. A function that raises is dropped from the rounds and re-raised to the
+    caller through its entry, an exception instead of a tuple. Denormals are flushed as in
+    :func:`time_cpu`.
+    """
+    import time
+    flush = torch.set_flush_denormal(True)
+    try:
+        calls: Dict[str, int] = {}
+        results: Dict[str, Any] = {}
+        for name, fn in fns.items():  # calls per block, from one more warm call
+            try:
+                t0 = time.perf_counter()
+                fn()
+                calls[name] = max(1, int(block_s / max(time.perf_counter() - t0, 1e-9)))
+            except Exception as exc:  # noqa: BLE001  reported per provider
+                results[name] = exc
+        times: Dict[str, List[float]] = {name: [] for name in calls}
+        deadline = time.perf_counter() + min_run_time * max(1, len(calls))
+        rounds = 0
+        while calls and (rounds < min_rounds or time.perf_counter() < deadline):
+            for name in list(calls):
+                fn, k = fns[name], calls[name]
+                try:
+                    fn()  # untimed: the block before may have left the caches, TLB and allocator cold
+                    t0 = time.perf_counter()
+                    for _ in range(k):
+                        fn()
+                    times[name].append((time.perf_counter() - t0) * 1e3 / k)
+                except Exception as exc:  # noqa: BLE001
+                    results[name] = exc
+                    del calls[name]
+            rounds += 1
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+    for name in calls:
+        results[name] = _quantiles(times[name])
+    return results
+
+
 _L2_FLUSH: Dict[int, torch.Tensor] = {}
 
 
@@ -488,9 +541,10 @@ def check(case: Case, provider: Provider, size: Size, device: str, dtype: torch.
     return ""
 
 
-def measure(case: Case, provider: Provider, size: Size, device: str, dtype: torch.dtype,
-            timing: Timing, seed: int = 0) -> Dict[str, Any]:
-    """Check, then time one provider on one size; a result row without the derived columns."""
+def prepare(case: Case, provider: Provider, size: Size, device: str, dtype: torch.dtype,
+            seed: int = 0) -> Tuple[Dict[str, Any], Optional[Callable[[], Any]]]:
+    """Check one provider, then build it on the full-size inputs and warm it up: (the result
+    row without times, the step to time), or (the row with its error, None)."""
     row: Dict[str, Any] = dict(correct=False, error="", median_ms=None, p20_ms=None,
                                p80_ms=None)
     with forced_backend(provider.backend):
@@ -500,20 +554,46 @@ def measure(case: Case, provider: Provider, size: Size, device: str, dtype: torc
             error = f"raised {type(exc).__name__}: {exc}"
         if error:
             row["error"] = error
-            return row
-        row["correct"] = True
+            return row, None
         try:
-            inputs = case.make_inputs(size, device, dtype, seed)
-            fn = provider.build(inputs)
+            fn = provider.build(case.make_inputs(size, device, dtype, seed))
             fn()  # warm-up: state allocation, compilation, autotuning
-            row["median_ms"], row["p20_ms"], row["p80_ms"] = time_fn(fn, device, timing)
         except Exception as exc:
-            row.update(correct=False, error=f"raised while timing {type(exc).__name__}: {exc}")
-        finally:
-            inputs = fn = None  # noqa: F841  free the full-size tensors before the next one
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
+            row["error"] = f"raised while timing {type(exc).__name__}: {exc}"
+            return row, None
+    row["correct"] = True
+
+    def step() -> Any:
+        with forced_backend(provider.backend):
+            return fn()
+    return row, step
+
+
+def _record(row: Dict[str, Any], timed) -> None:
+    if isinstance(timed, Exception):
+        row.update(correct=False, error=f"raised while timing {type(timed).__name__}: {timed}")
+    else:
+        row["median_ms"], row["p20_ms"], row["p80_ms"] = timed
+
+
+def _release(device: str) -> None:
+    gc.collect()  # free the full-size inputs held by the steps
+    if device == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure(case: Case, provider: Provider, size: Size, device: str, dtype: torch.dtype,
+            timing: Timing, seed: int = 0) -> Dict[str, Any]:
+    """Check, then time one provider on one size; a result row without the derived columns."""
+    row, step = prepare(case, provider, size, device, dtype, seed)
+    if step is not None:
+        try:
+            timed: Any = time_fn(step, device, timing)
+        except Exception as exc:  # noqa: BLE001
+            timed = exc
+        _record(row, timed)
+    step = None
+    _release(device)
     return row
 
 
@@ -542,8 +622,10 @@ def run_case(case: Case, size: Size, providers: List[Provider], device: str,
              dtype: torch.dtype, timing: Timing, copy_bw_gbps: float,
              progress: Optional[Progress] = None,
              on_skip: Callable[[str], None] = print) -> List[Dict[str, Any]]:
-    """All rows of one (case, size): check and time each available provider."""
+    """All rows of one (case, size): check and time each available provider (on the CPU, all
+    of them in alternation once every one is built)."""
     rows = []
+    steps: Dict[str, Callable[[], Any]] = {}
     for provider in providers:
         if progress is not None:
             progress.update(f"{case.name} {size.label} {provider.name}")
@@ -560,8 +642,23 @@ def run_case(case: Case, size: Size, providers: List[Provider], device: str,
                                       if provider.bytes_per_element else None),
                    flops=case.flops(size, provider) if case.flops else None,
                    baseline=provider.baseline)
-        row.update(measure(case, provider, size, device, dtype, timing))
+        if device == "cuda":  # one at a time: each provider's inputs alone in GPU memory
+            row.update(measure(case, provider, size, device, dtype, timing))
+        else:
+            prepared, step = prepare(case, provider, size, device, dtype)
+            row.update(prepared)
+            if step is not None:
+                steps[provider.name] = step
         rows.append(row)
+    if steps:
+        if progress is not None:
+            progress.update(f"{case.name} {size.label}: timing {len(steps)} providers")
+        timed = time_cpu_interleaved(steps, timing.min_run_time)
+        for row in rows:
+            if row["provider"] in timed:
+                _record(row, timed[row["provider"]])
+        steps.clear()
+        _release(device)
     derive(rows, case, copy_bw_gbps)
     return rows
 
