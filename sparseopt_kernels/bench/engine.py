@@ -405,14 +405,13 @@ def time_cpu_interleaved(fns: Dict[str, Callable[[], Any]], min_run_time: float,
     """(median, p20, p80) in ms per call of every ``fns[name]()``, timed in alternation.
 
     Each round times one block of calls (≥ ``block_s`` seconds, after one untimed call) of every
-    function in turn, for
-    ``min_run_time`` seconds per function in total and at least ``min_rounds`` rounds. The
-    shared 2-core development machine drifts by up to 1.5× over a minute (other tenants, memory
-    speed): timed one after the other, two providers could land in different regimes and their
-    ratio moved between 1.65× and 2.1× from run to run; alternating blocks expose both to the
-    same conditions. A function that raises is dropped from the rounds and re-raised to the
-    caller through its entry, an exception instead of a tuple. Denormals are flushed as in
-    :func:`time_cpu`.
+    function in turn, for ``min_run_time`` seconds per function in total and at least
+    ``min_rounds`` rounds. The shared 2-core development machine drifts by up to 1.5× over a
+    minute (other tenants, memory speed): timed one after the other, two providers could land in
+    different regimes, and the NanoAdam ratio moved between 1.65× and 2.1× from run to run;
+    alternating blocks expose all of them to the same conditions. A function that raises is
+    dropped from the rounds and its entry is the exception instead of a tuple. Denormals are
+    flushed as in :func:`time_cpu`.
     """
     import time
     flush = torch.set_flush_denormal(True)
@@ -433,7 +432,7 @@ def time_cpu_interleaved(fns: Dict[str, Callable[[], Any]], min_run_time: float,
             for name in list(calls):
                 fn, k = fns[name], calls[name]
                 try:
-                    fn()  # untimed: the block before may have left the caches, TLB and allocator cold
+                    fn()  # untimed: the previous block may have left caches and TLB cold
                     t0 = time.perf_counter()
                     for _ in range(k):
                         fn()
