@@ -512,9 +512,8 @@ __attribute__((target("avx2"))) void expand_bools_avx2(const uint8_t* b, LaneMas
   for (; e + 8 <= n; e += 8) {
     int64_t w;
     std::memcpy(&w, b + e, 8);
-    const __m256i x = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(w));
-    const __m256i off = _mm256_cmpeq_epi32(x, zero);  // all ones where the byte is 0
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(on + e), _mm256_xor_si256(off, _mm256_cmpeq_epi32(zero, zero)));
+    const __m256i x = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(w));  // 0..255 per lane
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(on + e), _mm256_cmpgt_epi32(x, zero));
   }
   expand_bools_generic(b + e, on + e, n - e);
 }
@@ -645,14 +644,18 @@ const T* at(const void* const* ptrs, const Item& it) {
 // are multiples of kChunk (and blocks of kMaskBlock), both multiples of 8, so a mask byte never
 // straddles two items.
 // Measured with a C++ harness (AdamW wd 0.01, half of each tensor masked, AVX-512, the shared
-// 2-core machine, medians of 9 rounds of 3-5 steps), masked step time / unmasked step time:
-//                                     byte masks, table expansion    lane masks, intrinsics
-//   1 × 32768 fp32, 1 thread (L2)       Bits 1.47-1.49  Bool 1.26-1.27   Bits 1.27-1.35  Bool 1.27-1.30
-//   10 × 2e6 fp32, 1 thread (DRAM)      Bits 1.44-1.55  Bool 1.25-1.40   Bits 1.11-1.15  Bool 1.21-1.24
-//   10 × 2e6 fp32, 2 threads (DRAM)     Bits 1.05-1.24  Bool 1.09-1.13   Bits 1.02-1.08  Bool 1.05-1.12
+// 2-core machine, medians of 9 rounds of 3-5 steps):
+// masked step time / unmasked step time     byte masks (before)    lane masks (now)
+//   1 × 32768 fp32, 1 thread (L2)           Bits 1.47-1.49        Bits 1.27-1.35
+//                                           Bool 1.26-1.27        Bool 1.27-1.30
+//   10 × 2e6 fp32, 1 thread (DRAM)          Bits 1.44-1.55        Bits 1.11-1.15
+//                                           Bool 1.25-1.40        Bool 1.21-1.24
+//   10 × 2e6 fp32, 2 threads (DRAM)         Bits 1.05-1.24        Bits 1.02-1.08
+//                                           Bool 1.09-1.13        Bool 1.05-1.12
 // (two threads saturate DRAM, so the masked step's extra work mostly hides there; the
-// single-thread rows show it). The 32-byte table copy per mask byte was the bits' cost; the
-// bool masks' remaining cost is reading their byte per element (20 MB here).
+// single-thread rows show it). Skipping both the expansion and the selects gave 1.00, and most
+// of the bits' old cost was the table-driven expansion. The bool masks' remaining cost is
+// reading their byte per element (20 MB here).
 constexpr int64_t kMaskBlock = 2048;
 static_assert(kChunk % 8 == 0 && kMaskBlock % 8 == 0 && kChunk % kMaskBlock == 0,
               "mask bytes must not straddle work items");
