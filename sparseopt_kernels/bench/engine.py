@@ -581,21 +581,6 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def measure(case: Case, provider: Provider, size: Size, device: str, dtype: torch.dtype,
-            timing: Timing, seed: int = 0) -> Dict[str, Any]:
-    """Check, then time one provider on one size; a result row without the derived columns."""
-    row, step = prepare(case, provider, size, device, dtype, seed)
-    if step is not None:
-        try:
-            timed: Any = time_fn(step, device, timing)
-        except Exception as exc:  # noqa: BLE001
-            timed = exc
-        _record(row, timed)
-    step = None
-    _release(device)
-    return row
-
-
 def derive(rows: List[Dict[str, Any]], case: Case, copy_bw_gbps: float) -> None:
     """Fill GB/s, % of copy bandwidth, TFLOP/s, % of dense and speed-ups of one (case, size)."""
     timed = {r["provider"]: r for r in rows if r["correct"]}
@@ -641,13 +626,18 @@ def run_case(case: Case, size: Size, providers: List[Provider], device: str,
                                       if provider.bytes_per_element else None),
                    flops=case.flops(size, provider) if case.flops else None,
                    baseline=provider.baseline)
+        prepared, step = prepare(case, provider, size, device, dtype)
+        row.update(prepared)
         if device == "cuda":  # one at a time: each provider's inputs alone in GPU memory
-            row.update(measure(case, provider, size, device, dtype, timing))
-        else:
-            prepared, step = prepare(case, provider, size, device, dtype)
-            row.update(prepared)
             if step is not None:
-                steps[provider.name] = step
+                try:
+                    _record(row, time_cuda(step, timing.cuda_warmup, timing.cuda_reps))
+                except Exception as exc:  # noqa: BLE001  reported, not fatal
+                    _record(row, exc)
+            step = None
+            _release(device)
+        elif step is not None:
+            steps[provider.name] = step
         rows.append(row)
     if steps:
         if progress is not None:
