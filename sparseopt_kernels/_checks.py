@@ -3,7 +3,8 @@
 Each op validates all of its arguments before any tensor is modified, so bad input raises a
 clear exception naming the argument and leaves the caller's parameters and state untouched.
 The checks read only metadata (shapes, dtypes, devices) and Python scalars: they never
-synchronize with the device.
+synchronize with the device. Tensor lists are first read in one C++ pass each (``_summary``);
+the checks walk a list tensor by tensor, naming the culprit, only when its summary is not clean.
 """
 from __future__ import annotations
 
@@ -13,10 +14,34 @@ from typing import Iterable, List, Optional, Sequence
 import torch
 from torch import Tensor
 
+from . import _native
+
 PARAM_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 MIRROR_FORMS = ("exp", "hypentropy")
 DIRECTIONS = ("grad", "adam")
 ORDERS = ("after", "before")
+
+# Shape rules of _C.summarize_tensors (csrc/torch/tensor_lists.cpp): what tensors[i] must look
+# like relative to the param it belongs to.
+SAME, SCALAR, SELECTED, MASK, ROWS = 1, 2, 3, 4, 5
+
+
+def _summary(tensors, like, rule: int, density: float = 0.0, chunk_size: int = 1):
+    """``(dtype, device, dense, shapes_ok)`` of a tensor list, read in one C++ pass.
+
+    dtype / device are None unless every tensor shares them; dense: all strided and contiguous.
+    None without ``_C``, or when the list holds something else than plain tensors (non-tensors,
+    fake or functional tensors under torch.compile): the caller then checks tensor by tensor,
+    which is also how every error message is produced. A clean summary only ever lets through
+    what the per-tensor checks accept.
+    """
+    native = _native.native()
+    if native is None:
+        return None
+    try:
+        return native.summarize_tensors(tensors, like, rule, density, chunk_size)
+    except TypeError:  # an element that is not a Tensor
+        return None
 
 
 def check_real(name: str, value, *, low: Optional[float] = None, high: Optional[float] = None,
@@ -92,6 +117,9 @@ def check_tensor_lists(params: List[Tensor], grads: List[Tensor],
             raise ValueError(f"{name} has {len(lst)} tensors but params has {n}")
     if n == 0:
         return None
+    device = _clean_tensor_lists(params, grads, states)
+    if device is not None:
+        return device
     device = params[0].device
     dtype = params[0].dtype
     for i, p in enumerate(params):
@@ -126,6 +154,35 @@ def check_tensor_lists(params: List[Tensor], grads: List[Tensor],
     return device
 
 
+def _common_device(tensors) -> Optional[torch.device]:
+    """The device every tensor of the list is on; None when they differ, for an empty list, or
+    without a summary."""
+    summary = _summary(tensors, tensors, 0)
+    return None if summary is None else summary[1]
+
+
+def _clean_tensor_lists(params, grads, states) -> Optional[torch.device]:
+    """The params' device when check_tensor_lists' per-tensor checks would all pass, read from
+    one summary per list; None when a list needs the per-tensor checks."""
+    summary = _summary(params, params, SAME)
+    if summary is None:
+        return None
+    dtype, device, dense, _ = summary
+    if device is None or not dense or dtype not in PARAM_DTYPES:
+        return None
+    if _summary(grads, params, SAME) != (dtype, device, True, True):
+        return None
+    state_dtype = None
+    for _, lst in states:
+        summary = _summary(lst, params, SAME)
+        if (summary is None or summary[1:] != (device, True, True)
+                or summary[0] not in (torch.float32, dtype)
+                or state_dtype not in (None, summary[0])):
+            return None
+        state_dtype = summary[0]
+    return device
+
+
 def _check_dense(name: str, t, device: torch.device) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
@@ -146,6 +203,15 @@ def check_steps(state_steps: List[Tensor], n: int, device: Optional[torch.device
                 found_inf: Optional[Tensor]) -> None:
     if len(state_steps) != n:
         raise ValueError(f"state_steps has {len(state_steps)} tensors but params has {n}")
+    summary = _summary(state_steps, state_steps, SCALAR)
+    if summary is not None:
+        dtype, steps_device, _, scalars = summary
+        if (scalars and dtype is not None and dtype.is_floating_point
+                and steps_device is not None
+                and (device is None or steps_device in (device, torch.device("cpu")))
+                and (found_inf is None or device is None or device.type == "cpu"
+                     or steps_device == device)):
+            return
     for i, s in enumerate(state_steps):
         if not isinstance(s, Tensor):
             raise TypeError(f"state_steps[{i}] must be a Tensor, got {type(s).__name__}")
@@ -221,6 +287,10 @@ def check_masks(masks, params) -> None:
         raise TypeError(f"masks must be a list of tensors or None, got {type(masks).__name__}")
     if len(masks) != len(params):
         raise ValueError(f"masks has {len(masks)} tensors but params has {len(params)}")
+    summary = _summary(masks, params, MASK)
+    if (summary is not None and summary[0] in (torch.bool, torch.uint8)
+            and summary[1] is not None and summary[1:] == (_common_device(params), True, True)):
+        return
     for i, (m, p) in enumerate(zip(masks, params)):
         if not isinstance(m, Tensor):
             raise TypeError(f"masks[{i}] must be a Tensor, got {type(m).__name__}")
@@ -273,21 +343,24 @@ def check_selection(values, density, chunk_size, chunk_offsets) -> None:
                              "most 2**31 - 1")
 
 
-def check_compact_adam(params, grads, indices, exp_avgs, exp_avg_sqs, state_steps, density,
-                       chunk_size, lr, lr_tensor, beta1, beta2, eps, weight_decay, grad_scale,
-                       found_inf) -> None:
-    device = check_tensor_lists(params, grads)
-    check_density("density", density)
-    n = len(params)
-    for name, lst in (("indices", indices), ("exp_avgs", exp_avgs),
-                      ("exp_avg_sqs", exp_avg_sqs)):
-        if not isinstance(lst, (list, tuple)):
-            raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
-        if len(lst) != n:
-            raise ValueError(f"{name} has {len(lst)} tensors but params has {n}")
+def _clean_compact_state(params, indices, exp_avgs, exp_avg_sqs, device, density,
+                         chunk_size) -> bool:
+    """Whether check_compact_adam's per-tensor checks of the indices and compact moments would
+    all pass, read from one summary per list."""
+    summary = _summary(indices, params, SELECTED, density, chunk_size)
+    if (summary is None or summary[0] not in (torch.int32, torch.int16)
+            or summary[1:] != (device, True, True)):
+        return False
+    summary = _summary(exp_avgs, params, SELECTED, density, chunk_size)
+    return (summary is not None and summary[0] in (torch.float32, torch.bfloat16)
+            and summary[1:] == (device, True, True)
+            and _summary(exp_avg_sqs, params, SELECTED, density, chunk_size) == summary)
+
+
+def _check_compact_state(params, indices, exp_avgs, exp_avg_sqs, device, density,
+                         chunk_size) -> None:
+    """The indices and compact moments, tensor by tensor."""
     from .reference.masked import num_selected
-    offsets = bool(indices) and indices[0].dtype == torch.int16
-    check_chunk_size(chunk_size, offsets)
     for i, p in enumerate(params):
         want = num_selected(p.numel(), density, chunk_size)
         idx = indices[i]
@@ -308,6 +381,26 @@ def check_compact_adam(params, grads, indices, exp_avgs, exp_avg_sqs, state_step
             if s.dtype not in (torch.float32, torch.bfloat16) or s.dtype != lst[0].dtype:
                 raise TypeError(f"{name}[{i}] has dtype {s.dtype}; compact moments are float32 "
                                 "or bfloat16, one dtype per call")
+
+
+def check_compact_adam(params, grads, indices, exp_avgs, exp_avg_sqs, state_steps, density,
+                       chunk_size, lr, lr_tensor, beta1, beta2, eps, weight_decay, grad_scale,
+                       found_inf) -> None:
+    device = check_tensor_lists(params, grads)
+    check_density("density", density)
+    n = len(params)
+    for name, lst in (("indices", indices), ("exp_avgs", exp_avgs),
+                      ("exp_avg_sqs", exp_avg_sqs)):
+        if not isinstance(lst, (list, tuple)):
+            raise TypeError(f"{name} must be a list of tensors, got {type(lst).__name__}")
+        if len(lst) != n:
+            raise ValueError(f"{name} has {len(lst)} tensors but params has {n}")
+    offsets = bool(indices) and isinstance(indices[0], Tensor) and indices[0].dtype == torch.int16
+    check_chunk_size(chunk_size, offsets)
+    if not _clean_compact_state(params, indices, exp_avgs, exp_avg_sqs, device, density,
+                                chunk_size):
+        _check_compact_state(params, indices, exp_avgs, exp_avg_sqs, device, density,
+                             chunk_size)
     if exp_avgs and exp_avgs[0].dtype != exp_avg_sqs[0].dtype:
         raise TypeError("exp_avgs and exp_avg_sqs must share a dtype")
     check_steps(state_steps, n, device, found_inf)
@@ -344,6 +437,10 @@ def check_row_scales(row_scales, params) -> None:
     if row_scales is None:
         return
     _check_list("row_scales", row_scales, len(params))
+    summary = _summary(row_scales, params, ROWS)
+    if (summary is not None and summary[0] == torch.float32
+            and summary[1] is not None and summary[1:] == (_common_device(params), True, True)):
+        return
     for i, (c, p) in enumerate(zip(row_scales, params)):
         if p.dim() == 0:
             raise ValueError(f"params[{i}] is 0-d and has no rows to scale; pass it without "

@@ -56,6 +56,32 @@ inline ScalarType state_type_of(const TensorList& params, const TensorList& stat
 }
 
 
+// Step counts of the CPU kernels: every step tensor (on the host) advanced by one in its own
+// dtype, as torch._foreach_add_(steps, 1) would, but without a dispatcher call per tensor
+// (~1.4 us each: 1.4 ms per step for 1000 params). Returns the new counts.
+inline std::vector<double> advance_host_steps(const TensorList& state_steps, size_t n) {
+  TORCH_CHECK(state_steps.size() == n, "sparseopt: state_steps must match params");
+  std::vector<double> steps;
+  steps.reserve(n);
+  for (const auto& s : state_steps) {
+    TORCH_CHECK(s.device().is_cpu() && s.numel() == 1,
+                "sparseopt: CPU kernels need one-element state_steps on the CPU");
+    if (s.scalar_type() == at::kFloat) {
+      float* x = s.data_ptr<float>();
+      *x += 1.0f;
+      steps.push_back(static_cast<double>(*x));
+    } else if (s.scalar_type() == at::kDouble) {
+      double* x = s.data_ptr<double>();
+      *x += 1.0;
+      steps.push_back(*x);
+    } else {
+      s.add_(1);
+      steps.push_back(s.item<double>());
+    }
+  }
+  return steps;
+}
+
 inline const void* const* const_ptrs(const std::vector<void*>& v) {
   return v.empty() ? nullptr : v.data();
 }
@@ -108,6 +134,7 @@ void register_mirror_step(py::module_& m);
 void register_masked_adam(py::module_& m);
 void register_row_scale(py::module_& m);
 void register_block_sparse(py::module_& m);
+void register_tensor_lists(py::module_& m);
 
 }  // namespace binding
 }  // namespace sparseopt

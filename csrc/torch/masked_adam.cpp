@@ -78,11 +78,7 @@ void compact_adam_cpu(TensorList params, TensorList grads, TensorList indices,
   auto idx = pointers(indices, "indices", n);
   auto m = pointers(exp_avgs, "exp_avgs", n);
   auto v = pointers(exp_avg_sqs, "exp_avg_sqs", n);
-  std::vector<double> steps;
-  for (const auto& s : state_steps) {
-    TORCH_CHECK(s.device().is_cpu(), "sparseopt: CPU kernels need state_steps on the CPU");
-    steps.push_back(s.item<double>());
-  }
+  const std::vector<double> steps = advance_host_steps(state_steps, n);
   auto numels = numels_of(params);
   cpu::compact_adam_cpu(cfg, inv_grad_scale, to_scalar_type(params[0]),
                         to_scalar_type(exp_avgs[0]), static_cast<int64_t>(n), p.data(),

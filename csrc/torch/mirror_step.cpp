@@ -152,14 +152,7 @@ void ham_adam_cpu(TensorList params, TensorList grads, TensorList exp_avgs,
   auto v = pointers(exp_avg_sqs, "exp_avg_sqs", n);
   auto vmax = amsgrad ? pointers(max_exp_avg_sqs, "max_exp_avg_sqs", n) : std::vector<void*>{};
   TORCH_CHECK(!amsgrad || !vmax.empty(), "sparseopt: max_exp_avg_sqs are required");
-  TORCH_CHECK(state_steps.size() == n, "sparseopt: state_steps must match params");
-  std::vector<double> steps;
-  steps.reserve(n);
-  for (const auto& s : state_steps) {
-    TORCH_CHECK(s.device().is_cpu(), "sparseopt: CPU kernels need state_steps on the CPU");
-    steps.push_back(s.scalar_type() == at::kFloat ? static_cast<double>(*s.data_ptr<float>())
-                                                  : s.item<double>());
-  }
+  const std::vector<double> steps = advance_host_steps(state_steps, n);
   auto numels = numels_of(params);
   cpu::ham_adam_cpu(cfg, inv_grad_scale, to_scalar_type(params[0]),
                     state_type_of(params, exp_avgs), static_cast<int64_t>(n), p.data(),

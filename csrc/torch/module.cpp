@@ -56,4 +56,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   sparseopt::binding::register_masked_adam(m);
   sparseopt::binding::register_row_scale(m);
   sparseopt::binding::register_block_sparse(m);
+  sparseopt::binding::register_tensor_lists(m);
 }

@@ -141,6 +141,33 @@ def _warn_reference_on_cuda(op: str) -> None:
                       RuntimeWarning, stacklevel=4)
 
 
+@functools.lru_cache(maxsize=None)
+def _written_arguments(op: str) -> tuple:
+    """(position, name) of the arguments ``op`` writes (``Tensor(a!)`` / ``Tensor(a!)[]``)."""
+    schema = getattr(torch.ops.sparseopt, op).default._schema
+    return tuple((i, a.name) for i, a in enumerate(schema.arguments)
+                 if a.alias_info is not None and a.alias_info.is_write)
+
+
+def _bump_versions(op: str, args: tuple, kwargs: dict) -> None:
+    """Mark what a native or Triton kernel wrote (through raw pointers) as modified in place, as
+    aten's in-place ops do: autograd then refuses a backward through a graph that saved a param
+    before the step (torch.optim's fused steps raise there too) instead of using the new values.
+    The reference writes with torch ops, which bump the counters themselves."""
+    for position, name in _written_arguments(op):
+        written = args[position] if position < len(args) else kwargs.get(name)
+        if written is None:
+            continue
+        tensors = list(written) if isinstance(written, (list, tuple)) else [written]
+        native = _native.native()
+        if native is not None:
+            native.bump_versions(tensors)
+        else:
+            for t in tensors:
+                if not t.is_inference():
+                    torch.autograd.graph.increment_version(t)
+
+
 def _kernel(op: str) -> Callable:
     validate = _ops.VALIDATORS[op]
 
@@ -155,7 +182,10 @@ def _kernel(op: str) -> Callable:
         if backend == "reference" and device_type == "cuda":
             _warn_reference_on_cuda(op)
         with torch.no_grad():  # in-place updates of leaf params, as inside torch.optim
-            return _implementation(backend, op)(*args, **kwargs)
+            result = _implementation(backend, op)(*args, **kwargs)
+        if backend != "reference":
+            _bump_versions(op, args, kwargs)
+        return result
 
     run.__name__ = f"{op}dispatch"
     return run

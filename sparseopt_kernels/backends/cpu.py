@@ -1,8 +1,9 @@
 """CPU kernels of the ``sparseopt`` ops: the vectorized C++ kernels of ``_C`` (csrc/cpu).
 
 On the CPU every scalar tensor (lr_tensor, grad_scale, found_inf, step counts) lives in host
-memory, so reading it here costs no device synchronization. A step with ``found_inf`` set
-returns before anything is touched. Arguments were validated by the dispatcher.
+memory, so reading it here costs no device synchronization; the C++ bindings advance the step
+counts themselves (csrc/torch/common.h). A step with ``found_inf`` set returns before anything is
+touched. Arguments were validated by the dispatcher.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from typing import Optional
 from torch import Tensor
 
 from .. import _native
-from ..reference.mirror import _advance_steps
 
 
 def _host_lr(lr: float, lr_tensor: Optional[Tensor]) -> float:
@@ -48,7 +48,6 @@ def ham_adam_(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps
               grad_scale=None, found_inf=None, masks=None, row_scales=None):
     if _skip(found_inf):
         return
-    _advance_steps(state_steps, None)
     _native.native().ham_adam_cpu(
         params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps,
         _host_lr(lr, lr_tensor), beta1, beta2, weight_decay, eps, amsgrad, maximize,

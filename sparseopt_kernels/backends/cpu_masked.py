@@ -6,7 +6,6 @@ Scalars on the CPU are read on the host (no device exists to synchronize with); 
 from __future__ import annotations
 
 from .. import _native
-from ..reference.mirror import _advance_steps
 from .cpu import _host_lr, _inv_scale, _skip
 
 
@@ -19,7 +18,6 @@ def compact_adam_(params, grads, indices, exp_avgs, exp_avg_sqs, state_steps, *,
                   weight_decay=0.0, maximize=False, grad_scale=None, found_inf=None):
     if _skip(found_inf):
         return
-    _advance_steps(state_steps, None)
     _native.native().compact_adam_cpu(
         params, grads, indices, exp_avgs, exp_avg_sqs, state_steps, density, chunk_size,
         _host_lr(lr, lr_tensor), beta1, beta2, eps, weight_decay, maximize,
