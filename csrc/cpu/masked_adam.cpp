@@ -173,8 +173,11 @@ struct CompactK {
 // touching exactly the same memory (gather θ[i] and g[i], read and write m[j] and v[j], write
 // θ[i]) with two multiply-adds per entry instead of Adam took 5.1 ms when the fused loop took
 // 5.0-5.2 ms and our dense Adam 9.2-9.3 ms (same process, medians of 25 rounds), i.e. 1.8-1.9×
-// dense Adam, short of the 2.4× that the line count predicts: DRAM serves the scattered lines
-// (81% of θ's and g's, with gaps) at ~80% of the streaming rate. Software prefetch 16-128
+// dense Adam, short of the 2.4× that the line count predicts: the untouched 19% of the lines are
+// fetched anyway. A loop touching one float in every line of θ and g (and the same compact
+// moments) took as long as the loop touching only the selected entries (4.5-4.8 ms each, 3
+// runs): with most lines touched the hardware prefetchers stream the whole arrays, so the floor
+// is θ and g read in full plus θ's touched lines written back, ~12-13 B/param (~2.2× dense). Software prefetch 16-128
 // positions ahead (prefetchw for θ) changed nothing (5.1-5.6 ms). A dense AVX-512 scan instead
 // (per 16-element group a mask word from the indices, vcompressps/vexpandps into a buffer, the
 // Adam math on the buffer) took 8-12 ms: masked loads and masked stores are slow on this core,
