@@ -23,7 +23,7 @@ ORDERS = ("after", "before")
 
 # Shape rules of _C.summarize_tensors (csrc/torch/tensor_lists.cpp): what tensors[i] must look
 # like relative to the param it belongs to.
-SAME, SCALAR, SELECTED, MASK, ROWS = 1, 2, 3, 4, 5
+ANY, SAME, SCALAR, SELECTED, MASK, ROWS = 0, 1, 2, 3, 4, 5
 
 
 def _summary(tensors, like, rule: int, density: float = 0.0, chunk_size: int = 1):
@@ -157,7 +157,7 @@ def check_tensor_lists(params: List[Tensor], grads: List[Tensor],
 def _common_device(tensors) -> Optional[torch.device]:
     """The device every tensor of the list is on; None when they differ, for an empty list, or
     without a summary."""
-    summary = _summary(tensors, tensors, 0)
+    summary = _summary(tensors, tensors, ANY)
     return None if summary is None else summary[1]
 
 
