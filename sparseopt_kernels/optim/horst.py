@@ -22,7 +22,8 @@ What the published text does not pin down, and what we chose (all are options):
 * which tensors take the mirror step — ``apply_to`` (default ``p.ndim >= 2``, as HAM);
   the others take plain AdamW.
 
-With ``alpha=0, beta=0`` it is exactly AdamW. State: ``step`` (a float32 device scalar, so steps
+Params in another dense layout (channels_last conv weights) are stepped in place through views
+of their memory, with state in the param's layout. With ``alpha=0, beta=0`` it is exactly AdamW. State: ``step`` (a float32 device scalar, so steps
 can be captured in a CUDA graph), ``exp_avg``, ``exp_avg_sq`` (``max_exp_avg_sq`` with amsgrad),
 in float32 for bf16/fp16 params. Same bytes per element as AdamW (28 B for fp32).
 """
@@ -36,6 +37,7 @@ from torch.optim import Optimizer
 
 from .. import _checks
 from .. import functional as F
+from ._layout import step_views
 from ._state import load_state_keeping_dtypes
 from .ham import default_apply_to
 
@@ -77,8 +79,7 @@ class HORST(Optimizer):
         if len(state) == 0:
             state_dtype = torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype,
-                                                memory_format=torch.contiguous_format)
+            state["exp_avg"] = torch.zeros_like(p, dtype=state_dtype)  # p's memory layout
             state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
         if amsgrad and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
@@ -108,11 +109,12 @@ class HORST(Optimizer):
             beta1, beta2 = group["betas"]
             for mirrored, params in buckets.items():
                 states = [self._init_state(p, amsgrad) for p in params]
+                keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+                views, grads, state = step_views(params, [p.grad for p in params], states, keys)
                 F.ham_adam(
-                    params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                    [s["exp_avg_sq"] for s in states],
-                    [s["max_exp_avg_sq"] for s in states] if amsgrad else [],
-                    [s["step"] for s in states], lr=group["lr"], beta1=beta1, beta2=beta2,
+                    views, grads, state["exp_avg"], state["exp_avg_sq"],
+                    state.get("max_exp_avg_sq", []), [s["step"] for s in states],
+                    lr=group["lr"], beta1=beta1, beta2=beta2,
                     weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=amsgrad,
                     maximize=group["maximize"], decoupled_weight_decay=True,
                     alpha=group["alpha"] if mirrored else 0.0,

@@ -24,11 +24,17 @@ Memory per parameter at density d (torch.optim.Adam: 8 B): float32 moments + int
 offsets (the default) ``10·d`` B; bfloat16 moments (``moments_dtype=torch.bfloat16``) ``6·d`` B;
 int32 indices (``chunk_offsets=False``, needed for ``chunk_size > 32768``) add 2·d B.
 
+Chunks are cut from the tensor's memory: for a channels_last conv weight that is the NHWC
+order, in which the step needs no copy. The order is recorded with the selection; a param whose
+layout changes later (``model.to(memory_format=...)``, a checkpoint of the other format) is
+selected again with fresh moments, with a warning.
+
 The schedule counts steps on the host (``state["host_step"]``), so it needs no device sync;
 under AMP a skipped step still counts there (its device step count does not advance).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
@@ -37,6 +43,7 @@ from torch.optim import Optimizer
 
 from .. import _checks
 from .. import functional as F
+from ._layout import flat, in_layout_of, memory_order, step_views
 from ._state import load_state_keeping_dtypes
 
 
@@ -121,19 +128,35 @@ class NanoAdam(Optimizer):
         if "exp_avg" not in state:
             dtype = torch.float32 if p.dtype in (torch.bfloat16, torch.float16) else p.dtype
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, dtype=dtype,
-                                                memory_format=torch.contiguous_format)
+            state["exp_avg"] = torch.zeros_like(p, dtype=dtype)  # p's memory layout
             state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
             state["host_step"] = 0
         return state
 
+    def _drop_if_relaid(self, p: Tensor, state: Dict) -> None:
+        """Chunks and indices follow the memory order the param had at its selection; if it has
+        another one now (``model.to(memory_format=...)`` since, or a checkpoint of the other
+        format), forget the selection: the next step selects again, with fresh moments."""
+        row_major = tuple(d for d in range(p.dim()) if p.shape[d] > 1)
+        if state.get("memory_order", row_major) == memory_order(p):
+            return
+        warnings.warn("NanoAdam: a parameter's memory layout changed since its entries were "
+                      "selected; they are selected again and their moments restart at zero",
+                      RuntimeWarning, stacklevel=3)
+        for key in ("indices", "exp_avg", "exp_avg_sq", "memory_order"):
+            state.pop(key, None)
+
     def _select(self, group: Dict, params: List[Tensor], density: float) -> None:
         """(Re)select the entries of ``params`` at ``density``; carry or reset their moments."""
         chunk = group["chunk_size"]
-        new_indices = F.chunk_select([p.detach() for p in params], density, chunk,
+        new_indices = F.chunk_select([flat(p.detach()) for p in params], density, chunk,
                                      chunk_offsets=group["chunk_offsets"])
         for p, idx in zip(params, new_indices):
             state = self.state[p]
+            if p.is_contiguous():
+                state.pop("memory_order", None)
+            else:
+                state["memory_order"] = memory_order(p)
             old = state.get("indices")
             fresh = lambda: torch.zeros(idx.numel(), dtype=group["moments_dtype"],  # noqa: E731
                                         device=p.device)
@@ -173,6 +196,8 @@ class NanoAdam(Optimizer):
                     full.append(p)
                     continue
                 state = self.state[p]
+                if ("memory_order" in state or not p.is_contiguous()) and "indices" in state:
+                    self._drop_if_relaid(p, state)
                 t = state.get("host_step", 0)
                 density = self.density_at(group, t)
                 if ("indices" not in state or t % group["mask_interval"] == 0
@@ -186,7 +211,9 @@ class NanoAdam(Optimizer):
                 if kind != "step":
                     continue
                 states = [self.state[p] for p in params]
-                F.compact_adam(params, [p.grad for p in params], [s["indices"] for s in states],
+                F.compact_adam([flat(p) for p in params],
+                               [flat(in_layout_of(p.grad, p)) for p in params],
+                               [s["indices"] for s in states],
                                [s["exp_avg"] for s in states],
                                [s["exp_avg_sq"] for s in states],
                                [s["step"] for s in states], density=density,
@@ -195,9 +222,11 @@ class NanoAdam(Optimizer):
                     s["host_step"] += 1
             if full:
                 states = [self._full_state(p) for p in full]
-                F.ham_adam(full, [p.grad for p in full], [s["exp_avg"] for s in states],
-                           [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states],
-                           decoupled_weight_decay=True, alpha=0.0, beta=0.0, **adam)
+                views, grads, moments = step_views(full, [p.grad for p in full], states,
+                                                   ("exp_avg", "exp_avg_sq"))
+                F.ham_adam(views, grads, moments["exp_avg"], moments["exp_avg_sq"], [],
+                           [s["step"] for s in states], decoupled_weight_decay=True, alpha=0.0,
+                           beta=0.0, **adam)
                 for s in states:
                     s["host_step"] += 1
         return loss
