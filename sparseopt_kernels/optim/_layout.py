@@ -63,14 +63,14 @@ def step_views(params: List[Tensor], grads: List[Tensor], states: List[Dict],
                keys: Sequence[str]) -> Tuple[List[Tensor], List[Tensor], Dict[str, List[Tensor]]]:
     """``(params, grads, {key: [state[key], ...]})`` as the kernels take them.
 
-    When every tensor is contiguous (one C++ summary: the usual case) they are returned as
+    ``states`` may be empty when ``keys`` is. When every tensor is contiguous (one C++ summary: the usual case) they are returned as
     they are. Otherwise the grads and the state tensors are first moved to their param's layout
     (the state in place, in ``states``, so that happens once) and everything is returned as
     memory views (:func:`flat`).
     """
     per_key = {k: [s[k] for s in states] for k in keys}
     tensors = [t for lst in (params, grads, *per_key.values()) for t in lst]
-    summary = _checks._summary(tensors, tensors, _checks.ANY)
+    summary = _checks._summary(tensors, (), _checks.ANY)
     if summary[2] if summary is not None else all(t.is_contiguous() for t in tensors):
         return params, grads, per_key
     for s, p in zip(states, params):

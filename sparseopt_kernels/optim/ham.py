@@ -9,9 +9,11 @@ with ``η`` the group's learning rate at this step, ``g`` the raw gradient (nega
 maximizes). For ``torch.optim.SGD``, ``Adam`` and ``AdamW`` both steps run in one fused kernel that
 uses the base optimizer's own hyperparameters and state, so the state and ``state_dict`` keep the
 base's format (plus a ``"ham"`` entry with HAM's settings) and HAM can be switched on or off for
-an existing checkpoint. Any other optimizer, or options the fused kernel does not cover
-(``differentiable``, sparse or complex gradients, non-contiguous tensors, tensor betas, a
-subclass of the base classes), runs ``optimizer.step()`` and then the standalone mirror op.
+an existing checkpoint. Params in another dense layout (channels_last conv weights) are fused
+too, through views of their memory (optim/_layout.py). Any other optimizer, or options the fused
+kernel does not cover (``differentiable``, sparse or complex gradients, overlapping or strided
+tensors, a non-contiguous param with a bit-packed mask, tensor betas, a subclass of the base
+classes), runs ``optimizer.step()`` and then the standalone mirror op.
 With ``alpha=0, beta=0`` the base optimizer is reproduced exactly.
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch.optim import SGD, Adam, AdamW, Optimizer
 
 from .. import _checks
 from .. import functional as F
+from ._layout import flat, in_layout_of, is_dense, step_views
 from ._wrapper import OptimizerWrapper
 
 ApplyTo = Callable[[Tensor], bool]
@@ -36,14 +39,14 @@ def default_apply_to(p: Tensor) -> bool:
 
 def _fusable_tensor(t: Optional[Tensor]) -> bool:
     return (t is None or (t.layout == torch.strided and not t.is_complex()
-                          and t.is_contiguous() and t.dtype in _checks.PARAM_DTYPES
+                          and is_dense(t) and t.dtype in _checks.PARAM_DTYPES
                           and t.device.type in ("cpu", "cuda")))
 
 
 def _uniformly_fusable(tensors: List[Tensor]) -> bool:
     """Every tensor fusable and all of one dtype, read from one C++ summary (the common case,
     ~30 ns per tensor instead of ~1 us); False when the summary cannot say so."""
-    summary = _checks._summary(tensors, tensors, _checks.ANY)
+    summary = _checks._summary(tensors, (), _checks.ANY)
     if summary is None:
         return False
     dtype, device, dense, _ = summary
@@ -154,11 +157,22 @@ class HAM(OptimizerWrapper):
                 if not (_fusable_tensor(p) and _fusable_tensor(p.grad)
                         and p.grad.dtype == p.dtype):
                     return None
+                if not p.is_contiguous() and not self._memory_views_serve(p):
+                    return None
                 state = self.state.get(p)
                 if state and not all(_fusable_tensor(v) for k, v in state.items()
                                      if k != "step" and isinstance(v, Tensor)):
                     return None
         return kind
+
+    def _memory_views_serve(self, p: Tensor) -> bool:
+        """Whether the kernels can step non-contiguous ``p`` through views of its memory
+        (optim/_layout.py): not with a bit-packed mask (its bits follow the row-major order),
+        nor with row scales unless dim 0 is the outermost (rows must stay contiguous)."""
+        mask = self.masks.get(p) if self.masks else None
+        if mask is not None and mask.dtype == torch.uint8:
+            return False
+        return not (self.row_scales and p in self.row_scales and flat(p).dim() != 2)
 
     @property
     def _step_supports_amp_scaling(self) -> bool:  # read by torch.amp.GradScaler
@@ -205,9 +219,14 @@ class HAM(OptimizerWrapper):
                 buckets.setdefault(key, []).append(p)
         return buckets
 
-    def _sparse_kwargs(self, key: Tuple, params: List[Tensor]) -> Dict:
+    def _sparse_kwargs(self, key: Tuple, params: List[Tensor], views: List[Tensor]) -> Dict:
+        """masks / row_scales of a bucket; with memory views (``views is not params``) each
+        bool mask is read in its param's layout too."""
         _, masked, scaled, _ = key
-        return dict(masks=[self.masks[p] for p in params] if masked else None,
+        masks = [self.masks[p] for p in params] if masked else None
+        if masks is not None and views is not params:
+            masks = [flat(in_layout_of(m, p)) for m, p in zip(masks, params)]
+        return dict(masks=masks,
                     row_scales=[self.row_scales[p] for p in params] if scaled else None)
 
     def _sgd_group(self, group: Dict, grad_scale, found_inf) -> None:
@@ -219,26 +238,27 @@ class HAM(OptimizerWrapper):
 
         for key, params in self._buckets(group, first_step).items():
             mirrored, is_first = key[0], key[3]
-            bufs: List[Tensor] = []
-            if momentum != 0:
+            if momentum != 0 and is_first:
                 for p in params:
-                    if is_first:
-                        state[p]["momentum_buffer"] = torch.zeros_like(
-                            p, memory_format=torch.preserve_format)
-                    bufs.append(state[p]["momentum_buffer"])
-            F.ham_sgd(params, [p.grad for p in params], bufs, lr=group["lr"],
+                    state[p]["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format)
+            keys = ("momentum_buffer",) if momentum != 0 else ()
+            # (without momentum torch.optim.SGD keeps no state: do not create entries)
+            views, grads, bufs = step_views(params, [p.grad for p in params],
+                                            [state[p] for p in params] if keys else [], keys)
+            F.ham_sgd(views, grads, bufs.get("momentum_buffer", []), lr=group["lr"],
                       weight_decay=group["weight_decay"], momentum=momentum,
                       dampening=group["dampening"], nesterov=group["nesterov"],
                       maximize=group.get("maximize", False), is_first_step=is_first,
                       grad_scale=grad_scale, found_inf=found_inf,
-                      **self._mirror_kwargs(mirrored), **self._sparse_kwargs(key, params))
+                      **self._mirror_kwargs(mirrored), **self._sparse_kwargs(key, params, views))
 
     def _adam_group(self, group: Dict, adamw: bool, grad_scale, found_inf) -> None:
         amsgrad = group["amsgrad"]
         beta1, beta2 = group["betas"]
         for key, params in self._buckets(group).items():
             mirrored = key[0]
-            exp_avgs, exp_avg_sqs, max_sqs, steps = [], [], [], []
+            states = []
             for p in params:
                 state = self.state[p]
                 if len(state) == 0:  # as torch.optim.Adam._init_group does, except that
@@ -255,19 +275,18 @@ class HAM(OptimizerWrapper):
                     # A CPU step counter (non-capturable torch.optim.Adam) would need a host
                     # sync under AMP; the fused kernels read it on the device, as torch's do.
                     state["step"] = state["step"].to(p.device, torch.float32)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                if amsgrad:
-                    max_sqs.append(state["max_exp_avg_sq"])
-                steps.append(state["step"])
-            F.ham_adam(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, max_sqs, steps,
+                states.append(state)
+            keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+            views, grads, moments = step_views(params, [p.grad for p in params], states, keys)
+            F.ham_adam(views, grads, moments["exp_avg"], moments["exp_avg_sq"],
+                       moments.get("max_exp_avg_sq", []), [s["step"] for s in states],
                        lr=group["lr"], beta1=beta1, beta2=beta2,
                        weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=amsgrad,
                        maximize=group.get("maximize", False),
                        decoupled_weight_decay=adamw or group.get("decoupled_weight_decay", False),
                        direction="grad", order="after", grad_scale=grad_scale,
                        found_inf=found_inf, **self._mirror_kwargs(mirrored),
-                       **self._sparse_kwargs(key, params))
+                       **self._sparse_kwargs(key, params, views))
 
     def _mirror_after_base_step(self) -> None:
         """Fallback path: the base optimizer has stepped; apply the standalone mirror op."""
