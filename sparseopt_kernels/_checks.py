@@ -33,13 +33,13 @@ def _summary(tensors, like, rule: int, density: float = 0.0, chunk_size: int = 1
     ANY and SCALAR: each list costs ~30 ns per tensor to hand to C++).
 
     dtype / device are None unless every tensor shares them; dense: all strided and contiguous.
-    None without ``_C``, or when the list holds something else than plain tensors (non-tensors,
-    fake or functional tensors under torch.compile): the caller then checks tensor by tensor,
+    None without ``_C``, while Dynamo traces, or when the list holds something else than plain
+    tensors (non-tensors, fake or functional tensors): the caller then checks tensor by tensor,
     which is also how every error message is produced. A clean summary only ever lets through
     what the per-tensor checks accept.
     """
     native = _native.native()
-    if native is None:
+    if native is None or torch.compiler.is_compiling():  # Dynamo cannot trace into _C
         return None
     try:
         return native.summarize_tensors(tensors, like, rule, density, chunk_size)

@@ -69,10 +69,15 @@ def test_functional_under_torch_compile_fullgraph():
     lambda ps: HAM(torch.optim.SGD(ps, lr=0.1, momentum=0.9), alpha=5.0, beta=1e-2),
     lambda ps: HORST(ps, lr=1e-2, alpha=5.0),
 ], ids=["ham-adamw", "ham-sgd", "horst"])
-def test_optimizer_step_under_torch_compile(make_opt):
+@pytest.mark.parametrize("layer", ["linear", "conv-channels-last"])
+def test_optimizer_step_under_torch_compile(make_opt, layer):
     torch.manual_seed(0)
-    model = torch.nn.Linear(5, 4)
-    twin = torch.nn.Linear(5, 4)
+    if layer == "linear":
+        model, twin, shape = torch.nn.Linear(5, 4), torch.nn.Linear(5, 4), (8, 5)
+    else:  # params stepped through memory views (optim/_layout.py)
+        model, twin = (torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+                       for _ in range(2))
+        shape = (2, 3, 6, 6)
     twin.load_state_dict(model.state_dict())
     opt, twin_opt = make_opt(model.parameters()), make_opt(twin.parameters())
 
@@ -81,7 +86,7 @@ def test_optimizer_step_under_torch_compile(make_opt):
         opt.step()
 
     for _ in range(3):
-        x = torch.randn(8, 5)
+        x = torch.randn(shape)
         for m, o, run in ((model, opt, compiled_step), (twin, twin_opt, twin_opt.step)):
             o.zero_grad()
             m(x).pow(2).sum().backward()
