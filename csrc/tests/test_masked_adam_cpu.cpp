@@ -126,44 +126,49 @@ static void test_select() {
           cfg.density = c.density;
           cfg.chunk_size = c.C;
           cfg.chunk_offsets = offs;
-          std::vector<Buf> outs;
-          for (int64_t n : sizes) {
-            const int64_t ns = num_selected(n, c.density, c.C);
-            outs.emplace_back(static_cast<size_t>(ns) * (offs ? 2 : 4) + 1, uint8_t(0xAB));
-          }
-          auto vp = cptrs(vals);
-          auto op = ptrs(outs);
-          cpu::chunk_select_cpu(cfg, vt, static_cast<int64_t>(sizes.size()), vp.data(),
-                                sizes.data(), op.data());
-          bool ok = true;
-          std::string where;
-          for (size_t t = 0; t < sizes.size() && ok; ++t) {
-            const int64_t ns = num_selected(sizes[t], c.density, c.C);
-            if (static_cast<int64_t>(want[t].size()) != ns) ok = false, where = "length";
-            const int64_t kC = chunk_k(c.density, c.C);
-            for (int64_t j = 0; j < ns && ok; ++j) {
-              int64_t got;
-              if (offs) {
-                int16_t o;
-                std::memcpy(&o, &outs[t][j * 2], 2);
-                got = (j / kC) * c.C + o;
-              } else {
-                int32_t o;
-                std::memcpy(&o, &outs[t][j * 4], 4);
-                got = o;
-              }
-              if (got != want[t][static_cast<size_t>(j)]) {
-                ok = false;
-                where = "tensor " + std::to_string(t) + " position " + std::to_string(j) +
-                        ": got " + std::to_string(got) + " want " +
-                        std::to_string(want[t][static_cast<size_t>(j)]);
-              }
+          for (const char* isa : g_isas) {  // every ISA this machine has
+            std::vector<Buf> outs;
+            for (int64_t n : sizes) {
+              const int64_t ns = num_selected(n, c.density, c.C);
+              outs.emplace_back(static_cast<size_t>(ns) * (offs ? 2 : 4) + 1, uint8_t(0xAB));
             }
-            if (outs[t].back() != 0xAB) ok = false, where = "wrote past the end";
+            auto vp = cptrs(vals);
+            auto op = ptrs(outs);
+            cpu::set_cpu_isa_for_testing(isa);
+            cpu::chunk_select_cpu(cfg, vt, static_cast<int64_t>(sizes.size()), vp.data(),
+                                  sizes.data(), op.data());
+            cpu::set_cpu_isa_for_testing(nullptr);
+            bool ok = true;
+            std::string where;
+            for (size_t t = 0; t < sizes.size() && ok; ++t) {
+              const int64_t ns = num_selected(sizes[t], c.density, c.C);
+              if (static_cast<int64_t>(want[t].size()) != ns) ok = false, where = "length";
+              const int64_t kC = chunk_k(c.density, c.C);
+              for (int64_t j = 0; j < ns && ok; ++j) {
+                int64_t got;
+                if (offs) {
+                  int16_t o;
+                  std::memcpy(&o, &outs[t][j * 2], 2);
+                  got = (j / kC) * c.C + o;
+                } else {
+                  int32_t o;
+                  std::memcpy(&o, &outs[t][j * 4], 4);
+                  got = o;
+                }
+                if (got != want[t][static_cast<size_t>(j)]) {
+                  ok = false;
+                  where = "tensor " + std::to_string(t) + " position " + std::to_string(j) +
+                          ": got " + std::to_string(got) + " want " +
+                          std::to_string(want[t][static_cast<size_t>(j)]);
+                }
+              }
+              if (outs[t].back() != 0xAB) ok = false, where = "wrote past the end";
+            }
+            check(ok, std::string("chunk_select_cpu ") + isa + " C=" + std::to_string(c.C) +
+                          " density=" + std::to_string(c.density) + " " + tname(vt) +
+                          " flavour " + std::to_string(flavour) + (offs ? " int16" : " int32") +
+                          ": " + where);
           }
-          check(ok, std::string("chunk_select_cpu C=") + std::to_string(c.C) + " density=" +
-                        std::to_string(c.density) + " " + tname(vt) + " flavour " +
-                        std::to_string(flavour) + (offs ? " int16" : " int32") + ": " + where);
         }
       }
     }
