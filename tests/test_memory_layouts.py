@@ -197,3 +197,18 @@ def test_sparseopt_on_a_channels_last_model_equals_row_major():
         results[fmt] = [p.detach().contiguous() for p in model.parameters()]
     for a, b in zip(*results.values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make", [lambda ps: HORST(ps, lr=1e-2),
+                                  lambda ps: NanoAdam(ps, lr=1e-2, chunk_size=8)],
+                         ids=["horst", "nanoadam"])
+def test_strided_params_are_refused_not_misread(make):
+    """Memory views need a dense layout: a param with gaps gets the ops' clear error."""
+    base = torch.randn(6, 8)
+    p = torch.nn.Parameter(base[:, ::2])  # a leaf with strides (8, 2)
+    p.grad = torch.randn(6, 4)
+    opt = make([p])
+    before = p.detach().clone()
+    with pytest.raises(ValueError, match="not contiguous"):
+        opt.step()
+    assert torch.equal(p.detach(), before)

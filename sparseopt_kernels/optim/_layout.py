@@ -37,10 +37,11 @@ def is_dense(t: Tensor) -> bool:
 
 
 def flat(t: Tensor) -> Tensor:
-    """``t`` itself when contiguous; else (``t`` dense) a contiguous view of its memory: 2-D
+    """A contiguous view of a dense ``t``'s memory: ``t`` itself when contiguous, else 2-D
     ``(rows, numel / rows)`` when dim 0 is the outermost (so row ``i`` is still ``t[i]``, as
-    SparseOpt's per-row scales need; channels_last weights are such), else 1-D."""
-    if t.is_contiguous():
+    SparseOpt's per-row scales need; channels_last weights are such), else 1-D. A tensor that
+    is not dense is returned as it is, for the op's checks to refuse."""
+    if t.is_contiguous() or not is_dense(t):
         return t
     n = t.numel()
     if t.dim() >= 2 and t.shape[0] > 0 and t.stride(0) * t.shape[0] == n:
@@ -63,10 +64,10 @@ def step_views(params: List[Tensor], grads: List[Tensor], states: List[Dict],
                keys: Sequence[str]) -> Tuple[List[Tensor], List[Tensor], Dict[str, List[Tensor]]]:
     """``(params, grads, {key: [state[key], ...]})`` as the kernels take them.
 
-    ``states`` may be empty when ``keys`` is. When every tensor is contiguous (one C++ summary: the usual case) they are returned as
-    they are. Otherwise the grads and the state tensors are first moved to their param's layout
-    (the state in place, in ``states``, so that happens once) and everything is returned as
-    memory views (:func:`flat`).
+    When every tensor is contiguous (one C++ summary: the usual case) they are returned as they
+    are. Otherwise the grads and the state tensors are first moved to their param's layout (the
+    state in place, in ``states``, so that happens once) and everything is returned as memory
+    views (:func:`flat`). ``states`` may be empty when ``keys`` is.
     """
     per_key = {k: [s[k] for s in states] for k in keys}
     tensors = [t for lst in (params, grads, *per_key.values()) for t in lst]
