@@ -95,9 +95,8 @@ def _outcome(validate, args, kwargs):
 def _assert_same_decisions(monkeypatch, op, args, kwargs):
     validate = _ops.VALIDATORS[op]
     assert _outcome(validate, args, kwargs) is None  # the unmodified arguments pass
-    fast_paths = 0
-    for (li, lst), (ti, _) in itertools.product(
-            [(i, a) for i, a in enumerate(args) if isinstance(a, list)], [(0, 0), (1, 0)]):
+    for (li, lst), ti in itertools.product(
+            [(i, a) for i, a in enumerate(args) if isinstance(a, list)], (0, 1)):
         if ti >= len(lst):
             continue
         for label, bad in _variants(lst[ti]):
@@ -108,8 +107,6 @@ def _assert_same_decisions(monkeypatch, op, args, kwargs):
                 m.setattr(_checks, "_summary", lambda *a, **k: None)
                 tensor_by_tensor = _outcome(validate, broken, kwargs)
             assert with_summaries == tensor_by_tensor, (op, li, ti, label)
-            fast_paths += with_summaries is None
-    return fast_paths
 
 
 def _adam_lists(n=3):

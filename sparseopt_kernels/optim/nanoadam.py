@@ -43,7 +43,7 @@ from torch.optim import Optimizer
 
 from .. import _checks
 from .. import functional as F
-from ._layout import flat, in_layout_of, memory_order, step_views
+from ._layout import flat, memory_order, step_views
 from ._state import load_state_keeping_dtypes
 
 
@@ -211,9 +211,8 @@ class NanoAdam(Optimizer):
                 if kind != "step":
                     continue
                 states = [self.state[p] for p in params]
-                F.compact_adam([flat(p) for p in params],
-                               [flat(in_layout_of(p.grad, p)) for p in params],
-                               [s["indices"] for s in states],
+                views, grads, _ = step_views(params, [p.grad for p in params], [], ())
+                F.compact_adam(views, grads, [s["indices"] for s in states],
                                [s["exp_avg"] for s in states],
                                [s["exp_avg_sq"] for s in states],
                                [s["step"] for s in states], density=density,
