@@ -58,6 +58,7 @@ import triton
 import triton.language as tl
 
 from .. import _checks
+from . import FP_FUSION
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -282,7 +283,7 @@ def dds(x: Tensor, values: Tensor, row_offsets: Tensor, col_indices: Tensor, *,
                       n_rows, x.stride(0), x.stride(1), *values.stride(), B=b, BM=bm,
                       KC=_kc(b, x.dtype),
                       PRECISION=_precision(x.dtype, allow_tf32), num_warps=warps,
-                      num_stages=stages)
+                      num_stages=stages, enable_fp_fusion=FP_FUSION)
     return y
 
 
@@ -302,7 +303,7 @@ def dsd(dy: Tensor, values: Tensor, col_offsets: Tensor, t_row_indices: Tensor,
                       t_block_ids.contiguous(), dx, m, n_cols, dy.stride(0), dy.stride(1),
                       *values.stride(), B=b, BM=bm, KC=_kc(b, dy.dtype),
                       PRECISION=_precision(dy.dtype, allow_tf32),
-                      num_warps=warps, num_stages=stages)
+                      enable_fp_fusion=FP_FUSION, num_warps=warps, num_stages=stages)
     return dx
 
 
@@ -327,7 +328,7 @@ def sdd(dy: Tensor, x: Tensor, row_indices: Tensor, col_indices: Tensor, block_s
                                 m, nnz, part, dy.stride(0), dy.stride(1), x.stride(0),
                                 x.stride(1), nnz * b * b, B=b, BK=bk,
                                 PRECISION=_precision(dy.dtype, allow_tf32), num_warps=warps,
-                                num_stages=stages)
+                                num_stages=stages, enable_fp_fusion=FP_FUSION)
     if split == 1:
         return out
     # float32 partials, summed in a fixed order, rounded once.

@@ -58,6 +58,7 @@ import triton.language as tl
 
 from ..reference.masked import chunk_k, num_selected
 from ..reference.mirror import _advance_steps
+from . import FP_FUSION
 from .mirror_step import (_BLOCK, _DTYPE_CODES, _NUM_WARPS, _bias_corrections, _check_device,
                           _check_float, _chunk, _common, _contiguous, _dense_steps, _load_grad,
                           _log, _or, _steps_in_table, _tables, _to_storage, _typed_ptr)
@@ -221,7 +222,7 @@ def chunk_select(values: List[Tensor], density: float, chunk_size: int,
         _chunk_select_kernel[(n_programs,)](
             table, blocks, chunk_size, k_full,
             V_CODE=_DTYPE_CODES[dtype], OFFSETS=bool(chunk_offsets), NCOL=4, BLOCK=block,
-            num_warps=_select_warps(block))
+            enable_fp_fusion=FP_FUSION, num_warps=_select_warps(block))
     return outs
 
 
@@ -302,7 +303,8 @@ def compact_adam_(params: List[Tensor], grads: List[Tensor], indices: List[Tenso
             STEPS_IN_TABLE=in_table, OFFSETS=i_dtype == torch.int16,
             HAS_LR_TENSOR=lr_t is not None, HAS_GRAD_SCALE=gs is not None,
             HAS_FOUND_INF=fi is not None, HAS_WEIGHT_DECAY=weight_decay != 0,
-            MAXIMIZE=bool(maximize), NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+            MAXIMIZE=bool(maximize), NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS,
+            enable_fp_fusion=FP_FUSION)
 
 
 __all__ = ["chunk_select", "compact_adam_", "MAX_CHUNK"]

@@ -76,6 +76,7 @@ import triton
 import triton.language as tl
 
 from ..reference.mirror import _advance_steps
+from . import FP_FUSION
 
 # One fixed launch configuration: the kernels are memory bound, 1024 elements x 4 warps keeps
 # 8 fp32 elements per thread in flight, and the interpreter cannot autotune anyway.
@@ -690,7 +691,7 @@ def ham_sgd_(params: List[Tensor], grads: List[Tensor], momentum_buffers: List[T
             MIRROR=_mirror_form(mirror, alpha, beta), USE_CLAMP=clamp is not None,
             MASK_KIND=key[-1], MASK_COL=mask_col,
             ROW_SCALE=row_scales is not None, RS_COL=rs_col,
-            NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+            NCOL=len(rows[0]), BLOCK=_BLOCK, enable_fp_fusion=FP_FUSION, num_warps=_NUM_WARPS)
 
 
 def _log(b: float) -> float:
@@ -771,7 +772,7 @@ def ham_adam_(params: List[Tensor], grads: List[Tensor], exp_avgs: List[Tensor],
             USE_CLAMP=clamp is not None, DIRECTION_ADAM=direction == "adam",
             ORDER_BEFORE=order == "before", MASK_KIND=key[-1], MASK_COL=mask_col,
             ROW_SCALE=row_scales is not None, RS_COL=rs_col,
-            NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+            NCOL=len(rows[0]), BLOCK=_BLOCK, enable_fp_fusion=FP_FUSION, num_warps=_NUM_WARPS)
 
 
 def mirror_step_(params: List[Tensor], grads: List[Tensor], *, lr: float,
@@ -806,7 +807,7 @@ def mirror_step_(params: List[Tensor], grads: List[Tensor], *, lr: float,
             HAS_LR_TENSOR=lr_t is not None, HAS_GRAD_SCALE=gs is not None,
             HAS_FOUND_INF=fi is not None, MAXIMIZE=bool(maximize), MIRROR=form,
             USE_CLAMP=clamp is not None, MASK_KIND=key[-1], MASK_COL=3,
-            NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+            NCOL=len(rows[0]), BLOCK=_BLOCK, enable_fp_fusion=FP_FUSION, num_warps=_NUM_WARPS)
 
 
 __all__ = ["ham_sgd_", "ham_adam_", "mirror_step_"]

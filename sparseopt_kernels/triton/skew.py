@@ -54,6 +54,7 @@ import triton
 import triton.language as tl
 
 from .. import _checks
+from . import FP_FUSION
 from .mirror_step import (_BLOCK, _DTYPE_CODES, _NUM_WARPS, _check_device, _chunk,
                           _row_scale, _rows, _tables, _to_storage, _typed_ptr)
 
@@ -155,10 +156,10 @@ def row_coefficients_(masks: List[Tensor], coefficients: List[Tensor]) -> None:
         if count_rows:
             table, blocks, n_programs = _tables(device, count_rows)
             _row_count_kernel[(n_programs,)](table, blocks, scratch, BLOCK=_BLOCK,
-                                             num_warps=_NUM_WARPS)
+                                             enable_fp_fusion=FP_FUSION, num_warps=_NUM_WARPS)
         table, blocks, n_programs = _tables(device, coef_rows)
         _row_coefficients_kernel[(n_programs,)](table, blocks, scratch, BLOCK=_BLOCK,
-                                                num_warps=_NUM_WARPS)
+                                                enable_fp_fusion=FP_FUSION, num_warps=_NUM_WARPS)
 
 
 def row_scale_(tensors: List[Tensor], scales: List[Tensor], *,
@@ -181,7 +182,7 @@ def row_scale_(tensors: List[Tensor], scales: List[Tensor], *,
         table, blocks, n_programs = _tables(device, rows)
         _row_scale_kernel[(n_programs,)](
             table, blocks, X_CODE=_DTYPE_CODES[dtype], HAS_MASK=masks is not None,
-            NCOL=len(rows[0]), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+            NCOL=len(rows[0]), BLOCK=_BLOCK, enable_fp_fusion=FP_FUSION, num_warps=_NUM_WARPS)
 
 
 __all__ = ["row_coefficients_", "row_scale_"]
