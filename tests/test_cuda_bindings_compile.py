@@ -22,9 +22,13 @@ CUDA_INCLUDE = os.path.join(os.environ.get("CUDA_HOME") or cpp_extension.CUDA_HO
                             or "/usr/local/cuda", "include")
 TORCH_INCLUDES = cpp_extension.include_paths()
 # the binding files with CUDA branches of their own (the rest only include common.h's)
+def _has_cuda_branch(name):
+    with open(os.path.join(ROOT, "csrc", "torch", name)) as f:
+        return "SPARSEOPT_WITH_CUDA" in f.read()
+
+
 SOURCES = sorted(f for f in os.listdir(os.path.join(ROOT, "csrc", "torch"))
-                 if f.endswith(".cpp") and "SPARSEOPT_WITH_CUDA" in
-                 open(os.path.join(ROOT, "csrc", "torch", f)).read())
+                 if f.endswith(".cpp") and _has_cuda_branch(f))
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++"),

@@ -18,6 +18,7 @@ gap in two steps, used by test_triton_aot.py:
    python tests/triton_launches.py launches.json --arch 90 80
 """
 import argparse
+import inspect
 import json
 import os
 import re
@@ -37,8 +38,6 @@ _records = {}
 
 
 def _record(fn, arg_names, args, kwargs):
-    import inspect
-
     import triton.language as tl
     from triton.runtime.jit import mangle_type
 
